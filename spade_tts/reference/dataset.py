@@ -1,0 +1,134 @@
+"""Token files for the reference LM, and (prompt, target) training pairs drawn from them.
+
+Corpus audio is tokenized once (``prepare_tokens``) into one safetensors file of flat arrays
+plus a JSON index, so that training needs only numpy and torch: the GPU machine that trains
+has neither librosa nor the voices. Pairs are drawn fresh every epoch, the prompt a different
+utterance of the target's speaker, which is exactly the zero-shot situation at synthesis.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from spade_tts.reference.vocab import Vocab, frames_per_phone
+
+
+def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str | Path) -> dict:
+    """Tokenize every phone-aligned utterance of the corpus (train and held-out)."""
+    from tqdm import tqdm
+
+    from spade_tts.audio import load_audio
+    from spade_tts.codec.tokenizer import SpeechTokenizer
+    from spade_tts.data.build import read_jsonl
+
+    corpus, out = Path(corpus_dir), Path(out_dir)
+    codec = SpeechTokenizer.load(codec_dir)
+    vocab = Vocab(codec.vocab_size)
+    rows = []
+    for split in ("train", "heldout"):
+        manifest = corpus / "manifests" / f"{split}.jsonl"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} not found; run `spade data build` first")
+        rows += [r for r in read_jsonl(manifest) if r.get("phones")]
+    codes, phones, frames, index = [], [], [], []
+    for r in tqdm(rows, desc="tokenizing corpus", unit="utt"):
+        c = codec.encode(load_audio(corpus / r["audio"]))
+        ph = vocab.phone_ids([p for p, _ in r["phones"]])
+        fr = frames_per_phone([e for _, e in r["phones"]], codec.config.tokens_per_second, len(c))
+        codes.append(c.astype(np.int16))
+        phones.append(np.asarray(ph, dtype=np.int16))
+        frames.append(np.asarray(fr, dtype=np.int16))
+        index.append({k: r[k] for k in ("id", "speaker", "split", "text", "seconds")})
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, parts in (("codes", codes), ("phones", phones), ("frames", frames)):
+        arrays[name] = np.concatenate(parts)
+        arrays[f"{name}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    tmp = out / "tokens.safetensors.tmp"
+    save_file(arrays, str(tmp))
+    os.replace(tmp, out / "tokens.safetensors")
+    meta = {"num_speech": codec.vocab_size, "tokens_per_second": codec.config.tokens_per_second, "items": index}
+    (out / "index.json").write_text(json.dumps(meta))
+    return {"utterances": len(index), "speech_tokens": int(len(arrays["codes"]))}
+
+
+class TokenStore:
+    """Random access to the tokenized utterances."""
+
+    def __init__(self, directory: str | Path):
+        d = Path(directory)
+        if not (d / "tokens.safetensors").is_file():
+            raise FileNotFoundError(f"no tokens in {d}; run `spade train-reference` once on a machine with the corpus")
+        self.arrays = load_file(str(d / "tokens.safetensors"))
+        meta = json.loads((d / "index.json").read_text())
+        self.items: list[dict] = meta["items"]
+        self.num_speech = int(meta["num_speech"])
+        self.tokens_per_second = float(meta["tokens_per_second"])
+
+    def _get(self, name: str, i: int) -> np.ndarray:
+        off = self.arrays[f"{name}_offsets"]
+        return self.arrays[name][off[i] : off[i + 1]].astype(np.int64)
+
+    def codes(self, i: int) -> np.ndarray:
+        return self._get("codes", i)
+
+    def phones(self, i: int) -> np.ndarray:
+        return self._get("phones", i)
+
+    def frames(self, i: int) -> np.ndarray:
+        return self._get("frames", i)
+
+
+class PairSampler:
+    """Endless (prompt, target) pairs of one speaker, reproducible from (seed, step)."""
+
+    def __init__(self, store: TokenStore, split: str, max_prompt_seconds: float, max_target_seconds: float, seed: int):
+        self.store, self.vocab, self.seed = store, Vocab(store.num_speech), seed
+        by_spk: dict[str, list[int]] = {}
+        self.targets = []
+        for i, it in enumerate(store.items):
+            if it["split"] != split:
+                continue
+            if it["seconds"] <= max_target_seconds:
+                self.targets.append(i)
+            if it["seconds"] <= max_prompt_seconds:
+                by_spk.setdefault(it["speaker"], []).append(i)
+        self.prompts = by_spk
+        self.targets = [t for t in self.targets if len(by_spk.get(store.items[t]["speaker"], [])) > 1]
+        if not self.targets:
+            raise ValueError(f"no usable {split} items: need two or more utterances per speaker under the length limits")
+
+    def example(self, step_rng: random.Random) -> tuple[list[int], int]:
+        s = self.store
+        t = step_rng.choice(self.targets)
+        pool = self.prompts[s.items[t]["speaker"]]
+        p = t
+        while p == t:
+            p = step_rng.choice(pool)
+        return self.vocab.training_ids(
+            s.phones(p).tolist(), s.phones(t).tolist(), s.codes(p), s.codes(t), s.frames(t).tolist())
+
+    def batch(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        examples = [self.example(rng) for _ in range(batch_size)]
+        return collate(examples, self.vocab.pad)
+
+
+def collate(examples: list[tuple[list[int], int]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (-100 outside the speech part)."""
+    n = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), n), pad, dtype=torch.long)
+    labels = torch.full((len(examples), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for b, (ids, loss_from) in enumerate(examples):
+        t = torch.tensor(ids)
+        input_ids[b, : len(ids)] = t
+        mask[b, : len(ids)] = 1
+        labels[b, loss_from + 1 : len(ids)] = t[loss_from + 1 :]
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

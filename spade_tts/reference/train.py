@@ -1,0 +1,200 @@
+"""`spade train-reference`: train the built-in LLaSA-shaped reference LM.
+
+A plain loop on purpose (the distillation stage is the one built on Accelerate): one process,
+CPU or one GPU, bf16 autocast on CUDA. Everything needed to continue is in ``last.pt``
+(model, optimizer, step; batches are a pure function of (seed, step)), written atomically every
+``save_every`` steps, so a killed run, or one stopped by ``time_budget_minutes``, resumes where
+it was. ``export/`` is a normal Hugging Face checkpoint (``LlamaForCausalLM.from_pretrained``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from spade_tts.reference.dataset import PairSampler, TokenStore
+from spade_tts.reference.vocab import Vocab
+
+
+@dataclass
+class ReferenceTrainConfig:
+    corpus_dir: str = "data/corpus"
+    codec_dir: str = "data/codec"
+    tokens_dir: str = "data/reference_tokens"
+    out_dir: str = "runs/reference"
+    layers: int = 12
+    hidden: int = 320
+    heads: int = 5
+    kv_heads: int = 5
+    intermediate: int = 864
+    batch_size: int = 64
+    lr: float = 8e-4
+    warmup: int = 200
+    steps: int = 4000
+    weight_decay: float = 0.05
+    max_prompt_seconds: float = 4.0
+    max_target_seconds: float = 6.0
+    save_every: int = 250
+    log_every: int = 25
+    time_budget_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+    export_dtype: str = "float16"  # weights committed to git are stored in half precision
+    loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
+    seed: int = 0
+    device: str = "auto"
+
+
+class StepBatches(torch.utils.data.Dataset):
+    def __init__(self, sampler: PairSampler, batch_size: int, first: int, end: int):
+        self.sampler, self.batch_size, self.first, self.end = sampler, batch_size, first, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.first)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.sampler.batch(self.first + i, self.batch_size)
+
+
+def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=vocab.size, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=True,
+        pad_token_id=vocab.pad, bos_token_id=vocab.special("bos"), eos_token_id=vocab.speech_end,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, cfg: ReferenceTrainConfig, time_progress: float = 0.0) -> float:
+    """Warm-up, then cosine to 10 %; with a time budget the decay follows whichever of steps or
+    time runs out first, so a budget-limited run still ends at a low learning rate."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, max(time_progress, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def export(model: LlamaForCausalLM, vocab: Vocab, cfg: ReferenceTrainConfig, directory: Path) -> None:
+    """A from_pretrained-able folder: weights, config, vocabulary and the codec it speaks."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dtype = getattr(torch, cfg.export_dtype)
+    half = build_model(cfg, vocab)
+    half.load_state_dict(model.state_dict())
+    half.to(dtype).save_pretrained(tmp, max_shard_size="14MB")
+    vocab.save(tmp)
+    for name in ("codec.json", "codec.safetensors"):
+        src = Path(cfg.codec_dir) / name
+        if src.is_file():
+            shutil.copy(src, tmp / name)
+    (tmp / "spade_train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def train_reference(cfg: ReferenceTrainConfig) -> Path:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (Path(cfg.tokens_dir) / "tokens.safetensors").is_file():
+        from spade_tts.reference.dataset import prepare_tokens
+
+        print(f"tokenizing {cfg.corpus_dir} with the codec in {cfg.codec_dir} -> {cfg.tokens_dir}")
+        print(prepare_tokens(cfg.corpus_dir, cfg.codec_dir, cfg.tokens_dir))
+    store = TokenStore(cfg.tokens_dir)
+    vocab = Vocab(store.num_speech)
+    sampler = PairSampler(store, "train", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed)
+    try:
+        val = PairSampler(store, "heldout", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed)
+    except ValueError:
+        val = None  # a corpus without held-out pairs trains without a held-out loss
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, vocab).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    step = 0
+    ckpt = out / "last.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        print(f"resumed from {ckpt} at step {step}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"reference LM: {cfg.layers} layers x {cfg.hidden}, {n_params / 1e6:.1f}M parameters, "
+          f"{len(sampler.targets)} training targets, device {device}")
+    log = open(out / "train_log.jsonl", "a")
+    start = time.time()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-reference", unit="step")
+
+    def checkpoint() -> None:
+        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt)
+
+    budget = 60 * cfg.time_budget_minutes
+
+    def time_progress() -> float:
+        return (time.time() - start) / budget if budget > 0 else 0.0
+
+    @torch.no_grad()
+    def heldout_loss() -> float | None:
+        if val is None:
+            return None
+        model.eval()
+        batch = {k: v.to(device) for k, v in val.batch(0, cfg.batch_size).items()}
+        with autocast:
+            loss = model(**batch).loss.item()
+        model.train()
+        return round(loss, 4)
+
+    # Batches are a pure function of the step, so worker processes can build them ahead.
+    loader = torch.utils.data.DataLoader(StepBatches(sampler, cfg.batch_size, step, cfg.steps), batch_size=None,
+                                         num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        lr = lr_at(step, cfg, time_progress())
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast:
+            loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {loss.item()} at step {step}; the last good checkpoint is {ckpt}: "
+                               "lower lr= and rerun to resume from it")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rec = {"step": step, "loss": round(loss.item(), 4), "lr": lr, "seconds": round(time.time() - start, 1)}
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                rec["heldout_loss"] = heldout_loss()
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=rec["loss"])
+        over_budget = budget > 0 and time_progress() >= 1.0
+        if step % cfg.save_every == 0 or step == cfg.steps or over_budget:
+            checkpoint()
+        if over_budget:
+            print(f"time budget reached at step {step}; rerun the same command to continue")
+            break
+    bar.close()
+    model.eval()
+    export(model.float(), vocab, cfg, out / "export")
+    print(f"exported {out / 'export'} at step {step}")
+    return out / "export"

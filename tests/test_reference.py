@@ -1,0 +1,127 @@
+"""The reference LLM-TTS end to end on a tiny corpus: layout, training, resume, export, synthesis."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from spade_tts.audio import load_audio
+from spade_tts.data.build import read_jsonl
+from spade_tts.reference.dataset import PairSampler, TokenStore
+from spade_tts.reference.synth import GenerationSettings, ReferenceTTS, generate_codes
+from spade_tts.reference.train import ReferenceTrainConfig, train_reference
+from spade_tts.reference.vocab import Vocab, frames_per_phone
+
+TINY = dict(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64, batch_size=4, warmup=2, log_every=1,
+            max_prompt_seconds=30.0, max_target_seconds=30.0, loader_workers=1)
+
+
+def test_frames_per_phone_sums_and_respects_order():
+    assert frames_per_phone([0.1, 0.25, 0.3], 100, 31) == [10, 15, 6]
+    assert sum(frames_per_phone([0.1, 0.12, 0.5], 100, 40)) == 40
+    assert frames_per_phone([0.2, 0.1, 0.3], 100, 30) == [20, 0, 10]
+
+
+def test_training_layout_interleaves_target_phones():
+    v = Vocab(10)
+    ph = v.phone_ids(["pau", "k", "ae", "t"])
+    ids, loss_from = v.training_ids(ph[:2], ph, [1, 2], [3, 4, 5, 6, 7], [1, 2, 0, 2])
+    assert ids[loss_from] == v.special("speech_start")
+    s = v.speech_offset
+    assert ids[loss_from + 1 :] == [s + 1, s + 2, ph[0], s + 3, ph[1], s + 4, s + 5, ph[2], ph[3], s + 6, s + 7,
+                                    v.speech_end]
+    assert ids[:2] == [v.special("bos"), v.special("text_start")]
+    with pytest.raises(ValueError, match="unknown phone"):
+        v.phone_id("xx")
+
+
+def test_pairs_share_a_speaker_and_differ(tiny_tokens):
+    store = TokenStore(tiny_tokens)
+    sampler = PairSampler(store, "train", 30, 30, seed=0)
+    batch = sampler.batch(0, 4)
+    assert batch["input_ids"].shape == batch["labels"].shape
+    assert torch.equal(sampler.batch(0, 4)["input_ids"], batch["input_ids"])  # a pure function of the step
+    assert not torch.equal(sampler.batch(1, 4)["input_ids"], batch["input_ids"])
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tiny_codec, tiny_tokens, tmp_path_factory):
+    corpus, _, _ = tiny_corpus
+    out = tmp_path_factory.mktemp("ref")
+    cfg = ReferenceTrainConfig(corpus_dir=str(corpus), codec_dir=str(tiny_codec), tokens_dir=str(tiny_tokens),
+                               out_dir=str(out), steps=6, save_every=3, **TINY)
+    export = train_reference(cfg)
+    return cfg, export
+
+
+def test_training_lowers_loss_and_exports_a_hf_checkpoint(trained):
+    cfg, export = trained
+    log = [json.loads(l) for l in open(f"{cfg.out_dir}/train_log.jsonl")]
+    assert log[-1]["step"] == 6 and log[-1]["loss"] < log[0]["loss"]
+    model = LlamaForCausalLM.from_pretrained(export)
+    assert model.config.num_hidden_layers == 2
+    assert (export / "codec.safetensors").is_file() and Vocab.load(export).num_speech == 32
+
+
+def test_resumed_training_matches_an_uninterrupted_run(trained, tiny_tokens, tiny_codec, tmp_path):
+    cfg, _ = trained
+    first = ReferenceTrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path), "steps": 3})
+    train_reference(first)  # "killed" after its step-3 checkpoint
+    train_reference(ReferenceTrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path)}))
+    a = torch.load(f"{cfg.out_dir}/last.pt", weights_only=False)
+    b = torch.load(f"{tmp_path}/last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_synthesis_batched_equals_single_and_guards(trained, tiny_corpus):
+    _, export = trained
+    corpus, _, _ = tiny_corpus
+    tts = ReferenceTTS.from_pretrained(export)
+    row = read_jsonl(corpus / "manifests" / "heldout.jsonl")[0]
+    prompt = load_audio(corpus / row["audio"])
+    greedy = GenerationSettings(temperature=0.0, max_phone_seconds=0.3, max_seconds=5.0)
+    texts = ["A short test sentence.", "Another one, a little bit longer than the first."]
+    both = tts.synthesize(texts, prompt, row["text"], greedy, batch_size=2)
+    alone = tts.synthesize(texts[1:], prompt, row["text"], greedy)
+    np.testing.assert_array_equal(both[1].codes, alone[0].codes)
+    for r in both:
+        assert r.audio.dtype == np.float32 and len(r.audio) > 0 and r.codes.max() < 32
+    sampled = GenerationSettings(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.3)
+    a = tts.synthesize(texts[:1], prompt, row["text"], sampled)[0].codes
+    b = tts.synthesize(texts[:1], prompt, row["text"], sampled)[0].codes
+    np.testing.assert_array_equal(a, b)
+    # An untrained model rarely ends phones by itself: the guard must, and says how often.
+    tight = GenerationSettings(temperature=0.0, max_phone_seconds=0.02, max_seconds=5.0)
+    r = tts.synthesize(texts[:1], prompt, row["text"], tight)[0]
+    assert r.guard_hits > 0 and not r.truncated
+    cut = tts.synthesize(texts[:1], prompt, row["text"], GenerationSettings(temperature=0.0, max_seconds=0.05))
+    assert cut[0].truncated and len(cut[0].codes) == 5
+
+
+def test_every_target_phone_is_read_in_order(trained):
+    _, export = trained
+    tts = ReferenceTTS.from_pretrained(export)
+    v = tts.vocab
+    target = v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"])
+    prompt = v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), target, [1, 2, 3])
+    seen = []
+    orig = tts.model.forward
+
+    def spy(*args, **kw):
+        ids = kw["input_ids"]
+        if ids.shape[1] == 1:
+            seen.append(int(ids[0, 0]))
+        return orig(*args, **kw)
+
+    tts.model.forward = spy
+    generate_codes(tts.model, v, [prompt], [target], 100, GenerationSettings(temperature=1.0, max_phone_seconds=0.05))
+    assert [t for t in seen if v.is_phone(t)] == target[1:]
+
+
+def test_missing_model_dir_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ReferenceTTS.from_pretrained(tmp_path)
