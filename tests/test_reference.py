@@ -83,22 +83,23 @@ def test_synthesis_batched_equals_single_and_guards(trained, tiny_corpus):
     tts = ReferenceTTS.from_pretrained(export)
     row = read_jsonl(corpus / "manifests" / "heldout.jsonl")[0]
     prompt = load_audio(corpus / row["audio"])
-    greedy = GenerationSettings(temperature=0.0, max_phone_seconds=0.3, max_seconds=5.0)
+    # any_move_on=False: an untrained tiny model would otherwise end every phone at once (empty output).
+    greedy = GenerationSettings(temperature=0.0, max_phone_seconds=0.3, max_seconds=5.0, any_move_on=False)
     texts = ["A short test sentence.", "Another one, a little bit longer than the first."]
     both = tts.synthesize(texts, prompt, row["text"], greedy, batch_size=2)
     alone = tts.synthesize(texts[1:], prompt, row["text"], greedy)
     np.testing.assert_array_equal(both[1].codes, alone[0].codes)
     for r in both:
         assert r.audio.dtype == np.float32 and len(r.audio) > 0 and r.codes.max() < 32
-    sampled = GenerationSettings(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.3)
+    sampled = GenerationSettings(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.3, any_move_on=False)
     a = tts.synthesize(texts[:1], prompt, row["text"], sampled)[0].codes
     b = tts.synthesize(texts[:1], prompt, row["text"], sampled)[0].codes
     np.testing.assert_array_equal(a, b)
     # An untrained model rarely ends phones by itself: the guard must, and says how often.
-    tight = GenerationSettings(temperature=0.0, max_phone_seconds=0.02, max_seconds=5.0)
+    tight = GenerationSettings(temperature=0.0, max_phone_seconds=0.02, max_seconds=5.0, any_move_on=False)
     r = tts.synthesize(texts[:1], prompt, row["text"], tight)[0]
     assert r.guard_hits > 0 and not r.truncated
-    cut = tts.synthesize(texts[:1], prompt, row["text"], GenerationSettings(temperature=0.0, max_seconds=0.05))
+    cut = tts.synthesize(texts[:1], prompt, row["text"], GenerationSettings(temperature=0.0, max_seconds=0.05, any_move_on=False))
     assert cut[0].truncated and len(cut[0].codes) == 5
 
 
@@ -125,3 +126,15 @@ def test_every_target_phone_is_read_in_order(trained):
 def test_missing_model_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         ReferenceTTS.from_pretrained(tmp_path)
+
+
+def test_eval_items_pair_each_target_with_another_utterance_of_its_speaker(tiny_corpus):
+    from spade_tts.reference.evaluate import heldout_items
+
+    corpus, _, _ = tiny_corpus
+    items = heldout_items(corpus, per_speaker=3, max_prompt_seconds=30, seed=0)
+    assert len(items) == 6 and {it["speaker"] for it in items} == {"flite_slt", "flite_rms"}
+    for it in items:
+        assert it["prompt"]["speaker"] == it["target"]["speaker"] == it["speaker"]
+        assert it["prompt"]["id"] != it["target"]["id"] and it["prompt"]["text"] != it["target"]["text"]
+    assert heldout_items(corpus, 3, 30, seed=0) == items

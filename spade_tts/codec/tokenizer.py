@@ -26,7 +26,7 @@ class CodecConfig:
     n_fft: int = 512
     n_mels: int = 80
     griffin_lim_iters: int = 32
-    smooth: float = 0.0  # weight of each neighbour in a [w, 1-2w, w] smoothing of decoded frames
+    smooth: float = 0.33  # weight of each neighbour in a [w, 1-2w, w] smoothing of decoded frames (docs/codec.md)
 
     @property
     def spec(self) -> MelSpec:

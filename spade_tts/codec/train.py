@@ -20,7 +20,7 @@ class CodecFitConfig:
     out_dir: str = "data/codec"
     codebook_size: int = 4096
     stack: int = 1
-    smooth: float = 0.0
+    smooth: float = 0.33
     utterances: int = 3200  # training utterances sampled (evenly over voices) for the fit
     iters: int = 20
     seed: int = 0

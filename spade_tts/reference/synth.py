@@ -9,7 +9,7 @@ lasts longer than ``max_phone_seconds`` is ended by force, and the whole item is
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,12 @@ class SynthResult:
 
 @dataclass
 class GenerationSettings:
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: float = 1.0
+    top_p: float = 0.8
     seed: int = 0
     max_phone_seconds: float = 0.6
     max_seconds: float = 20.0
-    extra: dict = field(default_factory=dict)
+    any_move_on: bool = True  # time phones by the probability of any phone/end token (see choose_tokens)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -52,6 +52,32 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_ids: torch.Tensor, settings: GenerationSettings,
+                  gen: torch.Generator | None, move_on: slice | None = None) -> torch.Tensor:
+    """Per row: move on to ``nxt_ids`` (next phone or end) or emit a speech token from [lo, hi).
+
+    The move-on decision is taken with the model's own probability of *any* non-speech token
+    (``move_on``: phones and end; by default just ``nxt_ids``) at temperature 1 and without a
+    nucleus cut; then a speech token is sampled with temperature and top-p. Two things make
+    phones last far too long otherwise: the mass a small model spreads over the wrong next
+    phone is timing information too, and a tempered nucleus draw against 4096 speech codes
+    moves mass away from the single move-on token.
+    """
+    speech = logits[:, lo:hi]
+    if move_on is None:
+        adv_logit = logits.gather(1, nxt_ids[:, None]).squeeze(1)
+    else:
+        adv_logit = torch.logsumexp(logits[:, move_on].float(), dim=1)
+    if settings.temperature <= 0:
+        advance = adv_logit > speech.max(dim=-1).values
+    else:
+        lse = torch.logsumexp(torch.cat([speech.float(), adv_logit[:, None].float()], dim=1), dim=1)
+        p_adv = (adv_logit.float() - lse).exp()
+        advance = torch.rand(p_adv.shape, generator=gen, device=p_adv.device) < p_adv
+    codes = sample_next(speech, settings.temperature, settings.top_p, gen) + lo
+    return torch.where(advance, nxt_ids, codes)
 
 
 @torch.no_grad()
@@ -82,17 +108,16 @@ def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int
     max_total = int(settings.max_seconds * tokens_per_second)
     gen = torch.Generator(device=device).manual_seed(settings.seed) if settings.temperature > 0 else None
     lo, hi = vocab.speech_offset, vocab.size
+    # speech_end sits just before the phones in the vocabulary: one slice covers every move-on token
+    move_on = slice(vocab.speech_end, vocab.speech_offset) if settings.any_move_on else None
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     past = output_cache(out)
     logits = out.logits[:, -1]
     while not all(done):
-        allowed = torch.full_like(logits, float("-inf"))
-        allowed[:, lo:hi] = 0.0
-        for b in range(bsz):
-            nxt = targets[b][pointer[b]] if pointer[b] < len(targets[b]) else vocab.speech_end
-            allowed[b, nxt] = 0.0
-        choice = sample_next(logits + allowed, settings.temperature, settings.top_p, gen).tolist()
+        nxt_ids = torch.tensor([targets[b][pointer[b]] if pointer[b] < len(targets[b]) else vocab.speech_end
+                                for b in range(bsz)], device=device)
+        choice = choose_tokens(logits, lo, hi, nxt_ids, settings, gen, move_on).tolist()
         for b in range(bsz):
             if done[b]:
                 choice[b] = vocab.pad
@@ -143,26 +168,35 @@ class ReferenceTTS:
     def synthesize(self, texts: list[str], prompt_audio: np.ndarray, prompt_text: str,
                    settings: GenerationSettings | None = None, batch_size: int = 8) -> list[SynthResult]:
         """Speak each text in the voice of ``prompt_audio`` (16 kHz mono; its transcript ``prompt_text``)."""
+        n = len(texts)
+        return self.synthesize_pairs(texts, [prompt_audio] * n, [prompt_text] * n, settings, batch_size)
+
+    def synthesize_pairs(self, texts: list[str], prompt_audios: list[np.ndarray], prompt_texts: list[str],
+                         settings: GenerationSettings | None = None, batch_size: int = 8) -> list[SynthResult]:
+        """Item i speaks ``texts[i]`` in the voice of ``prompt_audios[i]``; items decode in batches."""
         from spade_tts.audio import check_speech
         from spade_tts.data.voices import g2p
         from spade_tts.text import check_english
 
         settings = settings or GenerationSettings()
-        check_speech(prompt_audio, 16000, what="prompt audio")
-        check_english(prompt_text, what="prompt text")
-        for t in texts:
-            check_english(t, what="target text")
-        prompt_codes = self.codec.encode(prompt_audio)
-        prompt_phones = self.vocab.phone_ids(g2p(prompt_text))
+        encoded: dict[int, tuple] = {}
+        prompts, targets = [], []
+        for text, audio, ptext in zip(texts, prompt_audios, prompt_texts):
+            check_english(text, what="target text")
+            if id(audio) not in encoded:  # one prompt shared by many texts is checked and encoded once
+                check_speech(audio, 16000, what="prompt audio")
+                check_english(ptext, what="prompt text")
+                encoded[id(audio)] = (self.codec.encode(audio), self.vocab.phone_ids(g2p(ptext)))
+            codes, pphones = encoded[id(audio)]
+            targets.append(self.vocab.phone_ids(g2p(text)))
+            prompts.append(self.vocab.prompt_ids(pphones, targets[-1], codes))
         results = []
         tps = self.codec.config.tokens_per_second
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            targets = [self.vocab.phone_ids(g2p(t)) for t in chunk]
-            prompts = [self.vocab.prompt_ids(prompt_phones, t, prompt_codes) for t in targets]
-            for codes, hits, cut in generate_codes(self.model, self.vocab, prompts, targets, tps, settings):
+            sl = slice(start, start + batch_size)
+            for codes, hits, cut in generate_codes(self.model, self.vocab, prompts[sl], targets[sl], tps, settings):
                 if cut:
                     warnings.warn(f"length guard: generation cut at {settings.max_seconds} s", stacklevel=2)
                 audio = self.codec.decode(codes, seed=settings.seed)
-                results.append(SynthResult(audio, 16000, np.asarray(codes), hits, cut))
+                results.append(SynthResult(audio, 16000, np.asarray(codes, dtype=np.int64), hits, cut))
         return results

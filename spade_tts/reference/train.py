@@ -41,7 +41,7 @@ class ReferenceTrainConfig:
     steps: int = 4000
     weight_decay: float = 0.05
     max_prompt_seconds: float = 4.0
-    max_target_seconds: float = 6.0
+    max_target_seconds: float = 7.5
     save_every: int = 250
     log_every: int = 25
     time_budget_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
@@ -66,7 +66,7 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=vocab.size, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=True,
+        max_position_embeddings=2048, tie_word_embeddings=True,
         pad_token_id=vocab.pad, bos_token_id=vocab.special("bos"), eos_token_id=vocab.speech_end,
     )
     return LlamaForCausalLM(config)

@@ -1,0 +1,32 @@
+"""The committed reference model: loads as a plain HF checkpoint and follows its prompt's voice."""
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM
+
+from spade_tts.audio import to_mono_16k
+from spade_tts.data.voices import synthesize
+from spade_tts.reference.synth import BUILTIN_MODEL, GenerationSettings, ReferenceTTS
+from spade_tts.scoring import get_speaker_encoder
+
+
+def test_builtin_weights_load_with_auto_class():
+    model = AutoModelForCausalLM.from_pretrained(BUILTIN_MODEL)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 12
+    assert model.config.vocab_size == ReferenceTTS.from_pretrained().vocab.size
+
+
+def test_builtin_model_speaks_in_the_prompt_voice():
+    tts = ReferenceTTS.from_pretrained()
+    prompt_text = "The birch canoe slid on the smooth planks."
+    prompts = {v: to_mono_16k(u.audio, u.sample_rate)
+               for v, u in zip(("flite_slt", "flite_awb"), [synthesize([prompt_text], v)[0] for v in ("flite_slt", "flite_awb")])}
+    settings = GenerationSettings(temperature=0.0, max_seconds=6.0)
+    text = "Glue the sheet to the dark blue background."
+    out = {v: tts.synthesize([text], a, prompt_text, settings)[0] for v, a in prompts.items()}
+    for r in out.values():
+        assert r.audio.dtype == np.float32 and 0.5 < len(r.audio) / 16000 <= 6.0
+        assert 0 <= r.codes.min() and r.codes.max() < 4096
+    enc = get_speaker_encoder()
+    # Each output is closer to its own prompt's voice than to the other prompt's voice.
+    assert enc.similarity(out["flite_slt"].audio, prompts["flite_slt"]) > enc.similarity(out["flite_slt"].audio, prompts["flite_awb"])
+    assert enc.similarity(out["flite_awb"].audio, prompts["flite_awb"]) > enc.similarity(out["flite_awb"].audio, prompts["flite_slt"])
