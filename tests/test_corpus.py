@@ -57,3 +57,15 @@ def test_plan_rejects_bad_settings(tmp_path):
         plan_chunks(DataConfig(out_dir=str(tmp_path), voices=["nobody"], train_per_voice=2))
     with pytest.raises(ValueError, match="exceeds"):
         plan_chunks(DataConfig(out_dir=str(tmp_path), voices=["flite_slt"], train_per_voice=10**7))
+
+
+def test_voices_give_phone_timings_and_clear_errors():
+    from spade_tts.data.voices import VoiceUnavailable, festival_batch, g2p, synthesize
+
+    utt = synthesize(["The cat sat on the mat."], "festival_kal")[0]
+    assert utt.sample_rate == 16000 and [p for p, _ in utt.phones][:4] == ["pau", "dh", "ax", "k"]
+    assert g2p("The cat sat.")[:5] == ["pau", "dh", "ax", "k", "ae"]
+    with pytest.raises(ValueError, match="unknown voice"):
+        synthesize(["Hello there, friend."], "nobody")
+    with pytest.raises(VoiceUnavailable, match="apt-get install festival"):
+        festival_batch(["Hello there, friend."], "voice_not_installed")

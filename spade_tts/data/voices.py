@@ -143,7 +143,7 @@ def festival_batch(texts: list[str], voice_fn: str) -> list[Utterance]:
         script = Path(tmp) / "batch.scm"
         script.write_text("\n".join(lines) + "\n")
         proc = subprocess.run(["festival", "--batch", str(script)], capture_output=True, text=True)
-        if "not defined" in proc.stderr or "SIOD ERROR" in proc.stderr and not list(Path(tmp).glob("*.wav")):
+        if not any(Path(tmp).glob("*.wav")):
             raise VoiceUnavailable(f"festival voice {voice_fn} failed: {proc.stderr.strip()[:200]}; fix: {APT_HINT['festival']}")
         phones: dict[int, list[tuple[str, float]]] = {}
         cur = None
