@@ -115,16 +115,15 @@ def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int
     past = output_cache(out)
     logits = out.logits[:, -1]
     while not all(done):
-        nxt_ids = torch.tensor([targets[b][pointer[b]] if pointer[b] < len(targets[b]) else vocab.speech_end
-                                for b in range(bsz)], device=device)
+        nxt_list = [targets[b][pointer[b]] if pointer[b] < len(targets[b]) else vocab.speech_end for b in range(bsz)]
+        nxt_ids = torch.tensor(nxt_list, device=device)
         choice = choose_tokens(logits, lo, hi, nxt_ids, settings, gen, move_on).tolist()
         for b in range(bsz):
             if done[b]:
                 choice[b] = vocab.pad
                 continue
-            nxt = targets[b][pointer[b]] if pointer[b] < len(targets[b]) else vocab.speech_end
             if choice[b] >= lo and frames_in_phone[b] >= max_phone:
-                choice[b] = nxt  # length guard: this phone has lasted too long
+                choice[b] = nxt_list[b]  # length guard: this phone has lasted too long
                 guard_hits[b] += 1
             if choice[b] >= lo:
                 codes[b].append(choice[b] - lo)
