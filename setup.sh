@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-APT_PACKAGES="flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k fortunes fortunes-min sox libsndfile1"
+APT_PACKAGES="flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k fortunes fortunes-min sox libsndfile1 chromium"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

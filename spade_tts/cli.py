@@ -23,6 +23,13 @@ EPILOG = textwrap.dedent(
       train-reference   train the built-in LLaSA-shaped reference LM (resumable)
       synth             text + voice prompt -> speech with a model (the built-in one by default)
       eval-reference    WER and speaker similarity of a model on the held-out set
+      score             rank decoder layers: WER with each layer skipped (WLI) and cheaper proxies, resumable
+      compress          the whole method in one resumable command: score -> prune -> distill -> eval -> report
+                        (`spade compress --quick`: a self-contained demo, about 15-20 min on 2 CPU cores)
+      prune             keep the most important decoder layers (from a scores file) and save a smaller model
+      distill           recover a pruned model by multi-level distillation from the full one (accelerate-ready)
+      eval              compare models on the same items: WER, CER, SIM, DNSMOS, RTF, memory, params, 95 % CIs
+      report            static HTML report: metrics table, layer importance, distillation curves, audio side by side
 
     settings: every stage takes --recipe FILE.yaml and any number of key=value overrides.
     """
@@ -105,6 +112,85 @@ def cmd_eval_reference(args) -> None:
     evaluate_reference(cfg)
 
 
+def cmd_compress(args) -> None:
+    from spade_tts.compress.pipeline import QUICK, CompressConfig, compress
+
+    cfg = load_config(CompressConfig, args.recipe, args.overrides, base=QUICK if args.quick else None)
+    if args.model:
+        cfg.model = args.model
+    _print_config(cfg)
+    compress(cfg)
+
+
+def cmd_score(args) -> None:
+    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
+
+    cfg = load_config(ScoreConfig, args.recipe, args.overrides)
+    for key in ("json", "model"):
+        if getattr(args, key):
+            setattr(cfg, key, getattr(args, key))
+    _print_config(cfg)
+    score_layers(cfg)
+
+
+def cmd_prune(args) -> None:
+    from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
+
+    cfg = load_config(PruneConfig, args.recipe, args.overrides)
+    for key in ("model", "scores", "out", "keep", "ratio", "metric", "keep_first", "keep_last"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.keep is not None and args.ratio is None:  # a flag replaces the recipe's choice, not adds to it
+        cfg.ratio = 0.0
+    if args.ratio is not None and args.keep is None:
+        cfg.keep = 0
+    _print_config(cfg)
+    out = prune_checkpoint(cfg)
+    info = json.loads((out / "spade_pruning.json").read_text())
+    print(f"kept {info['student_layers']} of {info['teacher_layers']} layers {info['kept']} by {info['metric']}; "
+          f"removed {info['removed']}; wrote {out}")
+
+
+def cmd_eval(args) -> None:
+    import dataclasses
+
+    from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
+
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    models, overrides = [], list(args.overrides)
+    for m in args.models or []:  # `--models A B seed=1`: argparse hands trailing key=value to --models
+        if "=" in m and m.split("=", 1)[0].strip() in fields:
+            overrides.append(m)
+        else:
+            models.append(m)
+    cfg = load_config(EvalConfig, args.recipe, overrides)
+    for key, value in (("models", models), ("items_file", args.items), ("json", args.json),
+                       ("out_dir", args.out), ("report_dir", args.report)):
+        if value:
+            setattr(cfg, key, value)
+    _print_config(cfg)
+    evaluate_models(cfg)
+
+
+def cmd_report(args) -> None:
+    from spade_tts.evaluation.report import write_report
+
+    index = write_report(args.out, args.eval, args.scores, args.distill_log, args.importance_png,
+                         sentences=args.sentences, title=args.title)
+    print(f"wrote {index} (open it in a browser; the folder is self-contained)")
+
+
+
+def cmd_distill(args) -> None:
+    import os
+
+    from spade_tts.distill.trainer import DistillConfig, distill
+
+    cfg = load_config(DistillConfig, args.recipe, args.overrides)
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, print once, not once per process
+        _print_config(cfg)
+    distill(cfg)
+
 PROMPT_SENTENCE = "The birch canoe slid on the smooth planks."
 
 
@@ -162,6 +248,148 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results (wer, sim, per item) here")
     _add_config_args(p)
     p.set_defaults(func=cmd_eval_reference)
+
+    p = sub.add_parser("compress", help="score -> prune -> distill -> eval -> report in one resumable command",
+                       description="Compress a model the SPADE way and leave a report to read and listen to: rank "
+                                   "layers by WER when skipped, remove `ratio` of them, distill the pruned model from "
+                                   "the full one, evaluate full / pruned / distilled on the same items, and write "
+                                   "OUT_DIR/report/index.html. Every stage is skipped when its output exists; rerun "
+                                   "the same command after an interruption to resume. Stage settings go through as "
+                                   "stage.key=value (score.items_per_speaker=2, distill.steps=500, eval.dnsmos=false).")
+    p.add_argument("--quick", action="store_true",
+                   help="demo preset: builds its own small corpus, 1 item per voice, 60 distillation steps; "
+                        "about 15-20 min on 2 CPU cores; figures are a smoke test, not a measurement")
+    p.add_argument("--model", help="full model folder (default: the built-in reference model)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("score", help="rank decoder layers by WER-based importance (WLI) and proxies",
+                       description="For every decoder layer: skip it, speak the held-out items, transcribe them "
+                                   "with Whisper and take the mean WER (WLI, SPADE's metric; higher = more important). "
+                                   "The same run computes block influence, angular distance and the teacher-forced "
+                                   "loss rise on the same items, their Spearman correlations, and (compare=true) the "
+                                   "WER of the model cut to `keep` layers by each metric. Writes scores.json, "
+                                   "scores.csv and importance.png to out_dir; a killed run resumes from state.json. "
+                                   "Cheap ranking without ASR: wli=false. Iterative removal: iterative=true.")
+    p.add_argument("--model", help="model folder (default: the built-in reference model)")
+    p.add_argument("--json", help="also write the scores (per-layer `wli`, full-model `wer`) here")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "prune", help="remove the least important decoder layers and save a smaller model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Keep the most important decoder layers of a Hugging Face decoder-only LM (Llama, Qwen2, Qwen3, "
+                    "Mistral) by a per-layer score from `spade score`, and write a drop-in model folder: pruned "
+                    "weights and config, every side file of the source (tokenizer, vocabulary, codec), and "
+                    "spade_pruning.json (which teacher layer each student layer came from).",
+        epilog=textwrap.dedent("""
+            examples:
+              spade prune --scores scores.json --ratio 0.5 -o runs/pruned      # SPADE: remove half, by WLI
+              spade prune --scores scores.json --keep 6 --metric block_influence -o runs/bi6
+              spade prune --metric first --keep 6 -o runs/first6               # baseline, no scores needed
+
+            The scores file must come from the same model: its fingerprint and depth are checked.
+        """))
+    p.add_argument("--model", default=None, help="source model folder (default: the built-in reference model)")
+    p.add_argument("--scores", default=None, help="spade-scores/1 JSON written by `spade score` for this model")
+    p.add_argument("-o", "--out", default=None, help="output folder for the pruned model (replaced if it holds an "
+                                                      "earlier `spade prune` result)")
+    p.add_argument("--keep", type=int, default=None, help="number of layers to keep")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="instead of --keep: the fraction of layers to REMOVE, in (0, 1); 0.5 removes half, as SPADE")
+    p.add_argument("--metric", default=None,
+                   help="which score ranks the layers, higher = more important (default wli: the WER of the model "
+                        "with that layer skipped; also block_influence, angular, tf_loss_rise, or any metric in the "
+                        "file); 'iterative' uses the set found by greedy removal; 'first' keeps the first layers "
+                        "and needs no scores")
+    p.add_argument("--keep-first", action="store_true", default=None, help="always keep layer 0")
+    p.add_argument("--keep-last", action="store_true", default=None, help="always keep the last layer")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "distill", help="train a pruned student from the frozen full model (CE + logits + latents + attention + "
+                        "embeddings)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="SPADE's multi-level distillation on Hugging Face Accelerate: the student from `spade prune` "
+                    "learns from the frozen teacher on a fixed subset of the teacher's data (data_fraction), with "
+                    "dynamic layer matching. Resumable: rerun the same command after a stop or a crash.",
+        epilog=textwrap.dedent("""
+            examples:
+              spade distill --recipe recipes/distill.yaml student=runs/pruned out_dir=runs/distill
+              spade distill --recipe recipes/distill.yaml student=runs/pruned matching=static w_attn=0
+              accelerate launch --num_processes 4 -m spade_tts.distill --recipe recipes/distill.yaml student=...
+
+            Writes OUT_DIR/final (a Hugging Face checkpoint with the student's side files), checkpoints/,
+            train_log.jsonl and, if TensorBoard is installed, tensorboard/. See docs/distillation.md.
+        """))
+    _add_config_args(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser(
+        "eval", help="compare models side by side on the same items, with 95 %% confidence intervals",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speak the same zero-shot items with every model (batch 1, same seeds) and measure, per model: "
+                    "Whisper WER and CER, speaker cosine to the prompt (SIM), DNSMOS P.808 and OVRL, LM-only and "
+                    "end-to-end real-time factor (RTF), tokens per second, peak memory, parameters (LM and whole "
+                    "system) and depth. Every model after the first gets the paper-style gaps to the first.",
+        epilog=textwrap.dedent("""
+            items: the built-in held-out set (data/corpus; items_per_speaker=N per voice) unless --items LIST,
+            a Seed-TTS-eval style file, one item per line (paths relative to the list file; '#' comments):
+                id|prompt_text|prompt_wav|target_text
+
+            measured:
+              WER, CER   mean of per-item rates, lower-case, punctuation stripped (Seed-TTS-eval)
+              RTF        seconds / seconds of audio, after `warmup` syntheses, median of `rtf_runs` passes over
+                         `rtf_items` items; LM = decode loop only, e2e = whole synthesis call
+              memory     CUDA peak allocated on GPU; peak process RSS on CPU (see docs/evaluation.md)
+              deltas     vs the first model: WER/CER in points, SIM difference, RTF ratio and speed-up,
+                         params/memory in %; paired bootstrap 95 % CI over items (bootstrap_resamples=2000)
+
+            examples:
+              spade eval --models built-in runs/pruned runs/distilled --json runs/eval.json
+              spade eval --models full=built-in small=runs/distilled --items seedtts/meta.lst --report runs/report
+              spade eval --recipe recipes/eval.yaml items_per_speaker=4 rtf_runs=5 --models built-in runs/pruned
+
+            Audio goes to OUT_DIR/<model>/wav/. A model already finished with the same items and settings is
+            read back from OUT_DIR/<model>/result.json, so rerunning an interrupted comparison resumes it.
+        """))
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="'built-in', a model folder, or LABEL=FOLDER; the first is the baseline")
+    p.add_argument("--items", default=None, metavar="LIST", help="id|prompt_text|prompt_wav|target_text list "
+                                                                "(default: the built-in held-out set)")
+    p.add_argument("--json", default=None, help="write the results here (default OUT_DIR/eval.json)")
+    p.add_argument("-o", "--out", default=None, help="folder for audio and per-model results (default runs/eval)")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write the HTML report to DIR")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "report", help="write the static HTML report (metrics, layer importance, loss curves, audio)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Turn `spade eval --json` results (and optionally `spade score` layer scores and a distillation "
+                    "log) into one self-contained folder: index.html with inline CSS, charts as PNG, every wav "
+                    "copied under audio/. No network, no JavaScript.",
+        epilog=textwrap.dedent("""
+            examples:
+              spade report --eval runs/eval.json -o runs/report
+              spade report --eval runs/eval.json --scores runs/score/scores.json \\
+                           --distill-log runs/distill/train_log.jsonl -o runs/report
+
+            The distillation log is JSONL: one dict per line with `step` and loss terms (loss, ce, kd, latent,
+            attn, emb, ...); every numeric key except step/lr/time gets a panel.
+        """))
+    p.add_argument("--eval", required=True, metavar="JSON", help="spade-eval/1 results from `spade eval --json`")
+    p.add_argument("--scores", default=None, metavar="JSON", help="spade-scores/1 layer scores from `spade score` "
+                                                                  "(its importance.png is picked up next to it)")
+    p.add_argument("--importance-png", default=None, metavar="PNG", help="the layer-importance chart, if not next "
+                                                                         "to --scores")
+    p.add_argument("--distill-log", default=None, metavar="JSONL", help="distillation training log")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="report folder (index.html is written there)")
+    p.add_argument("--sentences", type=int, default=6, help="sentences to play side by side (default 6)")
+    p.add_argument("--title", default="spade-tts compression report")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

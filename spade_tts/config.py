@@ -50,9 +50,21 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build ``cls`` from defaults, then an optional YAML recipe, then ``key=value`` overrides."""
+def _merge(values: dict[str, Any], new: dict[str, Any]) -> None:
+    """Update ``values``; mappings (a stage's settings inside a pipeline recipe) merge one level deep."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+
+
+def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from defaults, then ``base`` (a preset), an optional YAML recipe, then ``key=value``
+    overrides; ``stage.key=value`` sets one entry of a mapping field (``score.items_per_speaker=2``)."""
     values: dict[str, Any] = {}
+    _merge(values, dict(base or {}))
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
@@ -60,12 +72,17 @@ def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"recipe {path} must be a YAML mapping of key: value")
-        values.update(loaded)
+        _merge(values, loaded)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (example: seed=1)")
         key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        key = key.strip()
+        if "." in key:
+            key, sub = key.split(".", 1)
+            value = {sub: value}
+        _merge(values, {key: value})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

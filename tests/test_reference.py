@@ -119,8 +119,26 @@ def test_every_target_phone_is_read_in_order(trained):
         return orig(*args, **kw)
 
     tts.model.forward = spy
-    generate_codes(tts.model, v, [prompt], [target], 100, GenerationSettings(temperature=1.0, max_phone_seconds=0.05))
+    generate_codes(tts.model, v, [prompt], [target], 100,
+                   GenerationSettings(temperature=1.0, max_phone_seconds=0.05, decoder="hf"))
     assert [t for t in seen if v.is_phone(t)] == target[1:]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_decoder_speaks_exactly_like_hf_forward(trained, temperature):
+    """The fast path (preallocated cache, trimmed head) must not change a single code, batched or not."""
+    _, export = trained
+    tts = ReferenceTTS.from_pretrained(export)
+    v = tts.vocab
+    targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"])]
+    prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), targets[0], [1, 2, 3]),
+               v.prompt_ids(v.phone_ids(["pau", "iy", "pau"]), targets[1], [4, 5, 6, 7, 8, 9])]
+    kw = dict(temperature=temperature, top_p=0.9, seed=5, max_phone_seconds=0.1, any_move_on=False)
+    fast = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="static", **kw))
+    ref = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="hf", **kw))
+    assert fast == ref and all(len(codes) > 0 for codes, _, _ in fast)
+    with pytest.raises(ValueError, match="decoder="):
+        generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="bogus"))
 
 
 def test_missing_model_dir_is_clear(tmp_path):

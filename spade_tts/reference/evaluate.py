@@ -55,33 +55,47 @@ def heldout_items(corpus_dir: str | Path, per_speaker: int, max_prompt_seconds: 
     return items
 
 
-def evaluate_reference(cfg: ReferenceEvalConfig) -> dict:
-    from spade_tts.audio import load_audio, save_wav
-    from spade_tts.reference.synth import GenerationSettings, ReferenceTTS
-    from spade_tts.scoring import get_speaker_encoder, get_transcriber, mean_wer, wer
+def synthesize_items(tts, items: list[dict], corpus_dir: str | Path, settings, asr, enc=None,
+                     batch_size: int = 1, save_audio_dir: str = "", desc: str = "synthesizing") -> list[dict]:
+    """Speak every item's target in its prompt's voice and score it: one row per item.
 
-    tts = ReferenceTTS.from_pretrained(cfg.model or None, device=cfg.device)
-    items = heldout_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
-    asr = get_transcriber(cfg.asr_model or None)
-    enc = get_speaker_encoder()
-    settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-    corpus = Path(cfg.corpus_dir)
-    per_item = []
-    start = time.time()
-    bs = max(1, cfg.batch_size)
-    for i in tqdm(range(0, len(items), bs), desc="eval-reference", unit="batch"):
+    Shared by evaluation and layer scoring so that both measure WER the same way.
+    """
+    from spade_tts.audio import load_audio, save_wav
+    from spade_tts.scoring import wer
+
+    corpus = Path(corpus_dir)
+    rows = []
+    bs = max(1, batch_size)
+    for i in tqdm(range(0, len(items), bs), desc=desc, unit="batch", leave=False):
         chunk = items[i : i + bs]
         prompts = [load_audio(corpus / it["prompt"]["audio"]) for it in chunk]
         outs = tts.synthesize_pairs([it["target"]["text"] for it in chunk], prompts,
                                     [it["prompt"]["text"] for it in chunk], settings, batch_size=bs)
         hyps = asr.transcribe([o.audio for o in outs])
         for it, prompt_audio, res, hyp in zip(chunk, prompts, outs, hyps):
-            per_item.append({"id": it["target"]["id"], "speaker": it["speaker"], "prompt_id": it["prompt"]["id"],
-                             "text": it["target"]["text"], "transcript": hyp, "wer": wer(it["target"]["text"], hyp),
-                             "sim": enc.similarity(res.audio, prompt_audio), "seconds": len(res.audio) / 16000,
-                             "reference_seconds": it["target"]["seconds"], "guard_hits": res.guard_hits})
-            if cfg.save_audio_dir:
-                save_wav(Path(cfg.save_audio_dir) / f"{it['target']['id']}.wav", res.audio, 16000)
+            row = {"id": it["target"]["id"], "speaker": it["speaker"], "prompt_id": it["prompt"]["id"],
+                   "text": it["target"]["text"], "transcript": hyp, "wer": wer(it["target"]["text"], hyp),
+                   "seconds": len(res.audio) / 16000, "reference_seconds": it["target"]["seconds"],
+                   "guard_hits": res.guard_hits, "truncated": res.truncated}
+            if enc is not None:
+                row["sim"] = enc.similarity(res.audio, prompt_audio)
+            rows.append(row)
+            if save_audio_dir:
+                save_wav(Path(save_audio_dir) / f"{it['target']['id']}.wav", res.audio, 16000)
+    return rows
+
+
+def evaluate_reference(cfg: ReferenceEvalConfig) -> dict:
+    from spade_tts.reference.synth import GenerationSettings, ReferenceTTS
+    from spade_tts.scoring import get_speaker_encoder, get_transcriber, mean_wer
+
+    tts = ReferenceTTS.from_pretrained(cfg.model or None, device=cfg.device)
+    items = heldout_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
+    settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    start = time.time()
+    per_item = synthesize_items(tts, items, cfg.corpus_dir, settings, get_transcriber(cfg.asr_model or None),
+                                get_speaker_encoder(), cfg.batch_size, cfg.save_audio_dir, desc="eval-reference")
     result = {
         "model": cfg.model or "built-in",
         "items": len(per_item),

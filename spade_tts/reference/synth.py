@@ -39,6 +39,7 @@ class GenerationSettings:
     max_phone_seconds: float = 0.6
     max_seconds: float = 20.0
     any_move_on: bool = True  # time phones by the probability of any phone/end token (see choose_tokens)
+    decoder: str = "static"  # "static": preallocated KV cache, speech/stop rows of the head only; "hf": HF forward
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -80,6 +81,44 @@ def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_ids: torch.Tensor,
     return torch.where(advance, nxt_ids, codes)
 
 
+class _HFSteps:
+    """HF forward with its growing cache: the reference the fast path is tested against."""
+
+    offset = 0  # logit column j is token id j
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, ids, mask):
+        self.mask = mask
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        self.past = output_cache(out)
+        return out.logits[:, -1]
+
+    def step(self, ids):
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        pos = self.mask.sum(-1, keepdim=True) - 1
+        out = self.model(input_ids=ids[:, None], attention_mask=self.mask, position_ids=pos, use_cache=True,
+                         **cache_kwargs(self.model, self.past))
+        self.past = output_cache(out)
+        return out.logits[:, -1]
+
+
+def _decoder(model, vocab: Vocab, settings: GenerationSettings, batch: int, max_len: int):
+    """The decode path: logits come back as columns ``offset..`` of the vocabulary."""
+    if settings.decoder == "hf":
+        return _HFSteps(model)
+    if settings.decoder != "static":
+        raise ValueError(f"decoder={settings.decoder!r}: use static or hf")
+    from spade_tts.decoding import StaticDecoder
+
+    # only speech_end, the phones and the speech codes can follow <speech_start>: the head keeps those rows
+    dec = StaticDecoder(model, max_batch=batch, max_len=max_len, head_rows=slice(vocab.speech_end, vocab.size))
+    dec.offset = vocab.speech_end
+    return dec
+
+
 @torch.no_grad()
 def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int]], targets: list[list[int]],
                    tokens_per_second: float, settings: GenerationSettings) -> list[tuple[list[int], int, bool]]:
@@ -107,26 +146,25 @@ def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int
     max_phone = max(1, int(settings.max_phone_seconds * tokens_per_second))
     max_total = int(settings.max_seconds * tokens_per_second)
     gen = torch.Generator(device=device).manual_seed(settings.seed) if settings.temperature > 0 else None
-    lo, hi = vocab.speech_offset, vocab.size
+    dec = _decoder(model, vocab, settings, bsz, width + max_total + max(len(t) for t in targets) + 1)
+    off = dec.offset
+    lo, hi = vocab.speech_offset - off, vocab.size - off
     # speech_end sits just before the phones in the vocabulary: one slice covers every move-on token
-    move_on = slice(vocab.speech_end, vocab.speech_offset) if settings.any_move_on else None
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    past = output_cache(out)
-    logits = out.logits[:, -1]
+    move_on = slice(vocab.speech_end - off, vocab.speech_offset - off) if settings.any_move_on else None
+    logits = dec.prefill(ids, mask)
     while not all(done):
         nxt_list = [targets[b][pointer[b]] if pointer[b] < len(targets[b]) else vocab.speech_end for b in range(bsz)]
         nxt_ids = torch.tensor(nxt_list, device=device)
-        choice = choose_tokens(logits, lo, hi, nxt_ids, settings, gen, move_on).tolist()
+        choice = (choose_tokens(logits, lo, hi, nxt_ids - off, settings, gen, move_on) + off).tolist()
         for b in range(bsz):
             if done[b]:
-                choice[b] = vocab.pad
+                choice[b] = vocab.speech_end  # finished rows keep stepping with a token the head knows; ignored
                 continue
-            if choice[b] >= lo and frames_in_phone[b] >= max_phone:
+            if choice[b] >= vocab.speech_offset and frames_in_phone[b] >= max_phone:
                 choice[b] = nxt_list[b]  # length guard: this phone has lasted too long
                 guard_hits[b] += 1
-            if choice[b] >= lo:
-                codes[b].append(choice[b] - lo)
+            if choice[b] >= vocab.speech_offset:
+                codes[b].append(choice[b] - vocab.speech_offset)
                 frames_in_phone[b] += 1
                 if len(codes[b]) >= max_total:
                     done[b] = truncated[b] = True
@@ -137,12 +175,7 @@ def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int
                 frames_in_phone[b] = 0
         if all(done):
             break
-        step_ids = torch.tensor(choice, device=device)[:, None]
-        mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=device)], dim=1)
-        pos = (mask.sum(-1, keepdim=True) - 1)
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache_kwargs(model, past))
-        past = output_cache(out)
-        logits = out.logits[:, -1]
+        logits = dec.step(torch.tensor(choice, device=device))
     return [(codes[b], guard_hits[b], truncated[b]) for b in range(bsz)]
 
 

@@ -1,0 +1,217 @@
+"""`spade score`: how much each decoder layer matters to the speech, by WER and by cheaper proxies.
+
+WLI (SPADE's metric): skip layer i (its input passes straight to the next layer), speak the
+evaluation items, transcribe them, and take the mean WER. A layer whose absence makes the
+model mumble is important. On the same items, and in the same run, the cheap proxies other
+pruning work uses (block influence, angular distance, teacher-forced loss rise) are computed
+so that their rankings can be compared with WLI's (Spearman) and with the WER of the model
+actually cut by each of them.
+
+Every synthesis run (one skip set) is stored in ``out_dir/state.json`` as soon as it
+finishes, written atomically, so a killed run resumes where it stopped and a finished one
+is not redone; the state is tied to the model's fingerprint and the item list.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+PROXY_METRICS = ("block_influence", "angular", "tf_loss_rise")
+
+
+@dataclass
+class ScoreConfig:
+    model: str = ""  # empty = the built-in model
+    corpus_dir: str = "data/corpus"
+    items_per_speaker: int = 4  # held-out items per aligned voice (7 voices: 28 items)
+    max_prompt_seconds: float = 4.0
+    seed: int = 0  # item choice and sampling; the same seed for every layer, so runs differ only by the layer
+    temperature: float = 1.0
+    top_p: float = 0.8
+    batch_size: int = 32  # items decoded together; the items of one layer fit one batch by default
+    wli: bool = True  # False: only the teacher-forced proxies (seconds instead of minutes)
+    iterative: bool = False  # also remove layers one at a time, rescoring the rest after each removal
+    iterative_metric: str = "wli"  # or tf_loss_rise (much cheaper)
+    keep: int = 0  # depth at which kept sets are compared (and iterative mode stops); 0 = half
+    compare: bool = True  # WER of the model cut to `keep` layers by each metric, without distillation
+    out_dir: str = "runs/score"
+    json: str = ""  # also copy the scores JSON here
+    asr_model: str = ""  # empty = offline Whisper tiny.en
+    device: str = "cpu"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+class ScoringRun:
+    """Synthesis runs keyed by the set of skipped layers, cached on disk as they finish."""
+
+    def __init__(self, cfg: ScoreConfig, tts, items: list[dict], fingerprint: str, asr):
+        from spade_tts.reference.synth import GenerationSettings
+
+        self.cfg, self.tts, self.items, self.asr = cfg, tts, items, asr
+        self.settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+        self.path = Path(cfg.out_dir) / "state.json"
+        identity = {"model_fingerprint": fingerprint, "items": [(it["prompt"]["id"], it["target"]["id"]) for it in items],
+                    "settings": asdict(self.settings)}
+        self.state = {**identity, "runs": {}}
+        if self.path.is_file():
+            old = json.loads(self.path.read_text())
+            if all(old.get(k) == json.loads(json.dumps(v)) for k, v in identity.items()):
+                self.state = old
+            else:
+                print(f"note: {self.path} was made with another model, item set or decoding; starting afresh")
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+
+    def wer(self, skip: list[int]) -> float:
+        """Mean per-item WER with ``skip`` bypassed (cached)."""
+        from spade_tts.pruning.layers import skip_layers
+        from spade_tts.reference.evaluate import synthesize_items
+
+        key = "skip:" + ",".join(map(str, sorted(skip)))
+        if key not in self.state["runs"]:
+            start = time.time()
+            with skip_layers(self.tts.model, sorted(skip)):
+                rows = synthesize_items(self.tts, self.items, self.cfg.corpus_dir, self.settings, self.asr,
+                                        batch_size=self.cfg.batch_size, desc=f"{key or 'full'}")
+            self.state["runs"][key] = {"skip": sorted(skip), "wer": float(np.mean([r["wer"] for r in rows])),
+                                       "seconds": round(time.time() - start, 1),
+                                       "per_item": [{k: r[k] for k in ("id", "wer", "transcript", "seconds")} for r in rows]}
+            _write_json(self.path, self.state)
+        return self.state["runs"][key]["wer"]
+
+
+def proxy_scores(tts, items: list[dict], corpus_dir: str) -> tuple[dict[str, list[float]], float]:
+    """Block influence, angular distance and teacher-forced loss rise for every layer; and the full loss."""
+    from spade_tts.importance.teacher_forced import block_similarity, build_batch, speech_loss
+    from spade_tts.pruning.layers import decoder_layers, skip_layers
+
+    batch = build_batch(tts, items, corpus_dir)
+    layers = decoder_layers(tts.model)
+    scores = block_similarity(tts.model, layers, batch)
+    full = speech_loss(tts.model, batch)
+    rise = []
+    for i in tqdm(range(len(layers)), desc="teacher-forced loss", unit="layer", leave=False):
+        with skip_layers(tts.model, [i]):
+            rise.append(speech_loss(tts.model, batch) - full)
+    scores["tf_loss_rise"] = rise
+    return scores, full
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rho; None (JSON null) when either ranking is constant and rho is undefined."""
+    from scipy.stats import spearmanr
+
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    return float(spearmanr(a, b)[0])
+
+
+def iterative_removal(n_layers: int, keep: int, score_of) -> list[int]:
+    """Remove the least important remaining layer, rescore, repeat; returns layers in removal order.
+
+    ``score_of(removed, candidate)`` is the metric with ``removed + [candidate]`` skipped; the
+    candidate whose removal hurts least goes next (ties: the lower index).
+    """
+    removed: list[int] = []
+    while n_layers - len(removed) > keep:
+        rest = [i for i in range(n_layers) if i not in removed]
+        removed.append(min(rest, key=lambda i: (score_of(removed, i), i)))
+    return removed
+
+
+def score_layers(cfg: ScoreConfig) -> dict:
+    from spade_tts.importance.plots import plot_importance, write_csv
+    from spade_tts.importance.teacher_forced import build_batch, speech_loss
+    from spade_tts.pruning.layers import decoder_layers, model_fingerprint, skip_layers
+    from spade_tts.pruning.prune import choose_kept_layers
+    from spade_tts.reference.evaluate import heldout_items
+    from spade_tts.reference.synth import ReferenceTTS
+    from spade_tts.scoring import get_transcriber
+
+    if cfg.iterative_metric not in ("wli", "tf_loss_rise"):
+        raise ValueError(f"iterative_metric={cfg.iterative_metric!r}: use wli or tf_loss_rise")
+    tts = ReferenceTTS.from_pretrained(cfg.model or None, device=cfg.device)
+    n = len(decoder_layers(tts.model))
+    keep = cfg.keep or n // 2
+    if not 1 <= keep < n:
+        raise ValueError(f"keep={keep} must be between 1 and {n - 1} for a {n}-layer model")
+    items = heldout_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
+    if not items:
+        raise ValueError(f"no phone-aligned held-out items in {cfg.corpus_dir}; build the corpus with aligned voices")
+    fingerprint = model_fingerprint(tts.model)
+    run = ScoringRun(cfg, tts, items, fingerprint, get_transcriber(cfg.asr_model or None) if cfg.wli else None)
+    start = time.time()
+
+    if "proxies" not in run.state:
+        run.state["proxies"] = dict(zip(("scores", "full_loss"), proxy_scores(tts, items, cfg.corpus_dir)))
+        _write_json(run.path, run.state)
+    proxies, full_loss = run.state["proxies"]["scores"], run.state["proxies"]["full_loss"]
+    per_layer = [{"layer": i, **{m: float(proxies[m][i]) for m in PROXY_METRICS}} for i in range(n)]
+    metrics = list(PROXY_METRICS)
+    full_wer = None
+    if cfg.wli:
+        full_wer = run.wer([])
+        for i in tqdm(range(n), desc="WLI (one layer skipped)", unit="layer"):
+            per_layer[i]["wli"] = per_layer[i]["wer"] = run.wer([i])
+        metrics = ["wli"] + metrics
+    result = {"format": "spade-scores/1", "model": cfg.model or "built-in", "model_fingerprint": fingerprint,
+              "num_layers": n, "full_wer": full_wer, "full_tf_loss": full_loss, "metrics": metrics,
+              "items": len(items), "speakers": len({it["speaker"] for it in items}), "layers": per_layer}
+
+    if cfg.iterative and (cfg.wli or cfg.iterative_metric == "tf_loss_rise"):
+        if cfg.iterative_metric == "wli":
+            order = iterative_removal(n, keep, lambda removed, i: run.wer(removed + [i]))
+        else:
+            batch = build_batch(tts, items, cfg.corpus_dir)
+
+            def tf_loss(removed, i):
+                with skip_layers(tts.model, sorted(removed + [i])):
+                    return speech_loss(tts.model, batch)
+            order = iterative_removal(n, keep, tf_loss)
+        kept = sorted(set(range(n)) - set(order))
+        one_shot = choose_kept_layers(result, keep, metric=cfg.iterative_metric)
+        result["iterative"] = {"metric": cfg.iterative_metric, "removed_order": order, "kept": kept,
+                               "one_shot_kept": one_shot, "differs_from_one_shot": sorted(set(kept) ^ set(one_shot))}
+
+    result["spearman"] = {a: {b: rank_correlation([l[a] for l in per_layer], [l[b] for l in per_layer])
+                              for b in metrics} for a in metrics}
+    if cfg.compare and cfg.wli:
+        selections = {m: choose_kept_layers(result, keep, metric=m) for m in metrics + ["first"]}
+        if "iterative" in result:
+            selections["iterative"] = result["iterative"]["kept"]
+        result["cut_to_keep"] = {m: {"keep": kept, "wer": run.wer(sorted(set(range(n)) - set(kept)))}
+                                 for m, kept in tqdm(selections.items(), desc=f"cut to {keep} layers", unit="set")}
+    result["seconds"] = round(time.time() - start, 1)
+    result["seconds_per_layer_item"] = (round(sum(run.state["runs"][f"skip:{i}"]["seconds"] for i in range(n))
+                                        / (n * len(items)), 3) if cfg.wli else None)
+    out = Path(cfg.out_dir)
+    _write_json(out / "scores.json", result)
+    write_csv(out / "scores.csv", per_layer, metrics)
+    plot_importance(out / "importance.png", per_layer, metrics, full_wer)
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        _write_json(Path(cfg.json), result)
+    print(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    metrics = result["metrics"]
+    lines = ["layer  " + "  ".join(f"{m:>15}" for m in metrics)]
+    for row in result["layers"]:
+        lines.append(f"{row['layer']:>5}  " + "  ".join(f"{row[m]:>15.4f}" for m in metrics))
+    if result.get("full_wer") is not None:
+        lines.append(f"full model WER {100 * result['full_wer']:.1f} % on {result['items']} items")
+    for m, sel in result.get("cut_to_keep", {}).items():
+        lines.append(f"cut to {len(sel['keep'])} layers by {m:>15}: WER {100 * sel['wer']:6.1f} %  kept {sel['keep']}")
+    return "\n".join(lines)

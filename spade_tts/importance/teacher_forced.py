@@ -1,0 +1,107 @@
+"""Cheap layer metrics from teacher-forced forwards: no generation, no ASR.
+
+They are what other depth-pruning work ranks layers by, and what SPADE argues against, so
+`spade score` computes them on the same items as WLI to compare the rankings:
+
+* block influence: 1 - cos(layer input, layer output), averaged over target positions;
+* angular distance: arccos(cos(input, output)) / pi, the same angle on a linear scale;
+* teacher-forced loss rise: how much the cross-entropy of the recorded target speech
+  (speech tokens and phone move-on tokens) grows when the layer is skipped.
+
+The hidden states are taken with forward hooks on the decoder layers rather than from
+``output_hidden_states``, because HF's last entry is after the final norm, not the output of
+the last layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TeacherForcedBatch:
+    input_ids: torch.Tensor  # (B, L) right-padded
+    attention_mask: torch.Tensor  # (B, L)
+    target_mask: torch.Tensor  # (B, L) True where the NEXT token is a target token whose loss counts
+
+
+def build_batch(tts, items: list[dict], corpus_dir: str | Path) -> TeacherForcedBatch:
+    """Each item as the model was trained on it: prompt speech as recorded, target interleaved with its phones."""
+    from spade_tts.audio import load_audio
+    from spade_tts.reference.vocab import frames_per_phone
+
+    corpus, vocab, codec = Path(corpus_dir), tts.vocab, tts.codec
+    seqs, starts = [], []
+    for it in items:
+        prompt, target = it["prompt"], it["target"]
+        if not prompt.get("phones") or not target.get("phones"):
+            raise ValueError(f"item {target['id']} has no phone timings; teacher-forced metrics need an aligned voice")
+        p_codes = codec.encode(load_audio(corpus / prompt["audio"]))
+        t_codes = codec.encode(load_audio(corpus / target["audio"]))
+        p_ph = vocab.phone_ids([p for p, _ in prompt["phones"]])
+        t_ph = vocab.phone_ids([p for p, _ in target["phones"]])
+        frames = frames_per_phone([e for _, e in target["phones"]], codec.config.tokens_per_second, len(t_codes))
+        ids, loss_from = vocab.training_ids(p_ph, t_ph, p_codes, t_codes, frames)
+        seqs.append(ids)
+        starts.append(loss_from + len(p_codes))  # the prompt's speech is given at synthesis: its loss is not counted
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), vocab.pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    target = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for b, (s, start) in enumerate(zip(seqs, starts)):
+        ids[b, : len(s)] = torch.tensor(s)
+        mask[b, : len(s)] = 1
+        target[b, start : len(s) - 1] = True
+    return TeacherForcedBatch(ids, mask, target)
+
+
+def _hidden(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+@torch.no_grad()
+def speech_loss(model, batch: TeacherForcedBatch, chunk: int = 8) -> float:
+    """Mean next-token cross-entropy over the target positions (the quantity skipping a layer raises)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(batch.input_ids), chunk):
+        ids = batch.input_ids[i : i + chunk].to(device)
+        logits = model(input_ids=ids, attention_mask=batch.attention_mask[i : i + chunk].to(device)).logits
+        sel = batch.target_mask[i : i + chunk].to(device)
+        nll = F.cross_entropy(logits[:, :-1][sel[:, :-1]].float(), ids[:, 1:][sel[:, :-1]], reduction="sum")
+        total, count = total + float(nll), count + int(sel[:, :-1].sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def block_similarity(model, layers, batch: TeacherForcedBatch, chunk: int = 8) -> dict[str, list[float]]:
+    """Per layer: block influence and angular distance between its input and output on target positions."""
+    device = next(model.parameters()).device
+    cos_sum = torch.zeros(len(layers), dtype=torch.float64)
+    ang_sum = torch.zeros(len(layers), dtype=torch.float64)
+    count = 0
+    current: dict[str, torch.Tensor] = {}
+
+    def make_hook(i):
+        def hook(module, args, kwargs, output):
+            x_in = _hidden(args[0] if args else kwargs["hidden_states"])[current["sel"]].float()
+            x_out = _hidden(output)[current["sel"]].float()
+            cos = F.cosine_similarity(x_in, x_out, dim=-1).clamp(-1, 1)
+            cos_sum[i] += float(cos.sum())
+            ang_sum[i] += float(torch.arccos(cos).sum() / torch.pi)
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for i in range(0, len(batch.input_ids), chunk):
+            current["sel"] = batch.target_mask[i : i + chunk].to(device)
+            model(input_ids=batch.input_ids[i : i + chunk].to(device),
+                  attention_mask=batch.attention_mask[i : i + chunk].to(device))
+            count += int(current["sel"].sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return {"block_influence": (1 - cos_sum / count).tolist(), "angular": (ang_sum / count).tolist()}

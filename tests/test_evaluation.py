@@ -1,0 +1,265 @@
+"""`spade eval` and the HTML report: items files, paired bootstrap, two models side by side, resume, Chromium."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+
+from spade_tts.evaluation import EvalConfig, ItemsError, compare_to_first, evaluate_models, paired_bootstrap
+from spade_tts.evaluation import evaluate as evaluate_mod
+from spade_tts.evaluation.items import parse_items_file
+from spade_tts.evaluation.models import parse_model_specs
+from spade_tts.evaluation.report import read_loss_log, write_report
+
+MODEL_KEYS = {"wer", "cer", "sim", "dnsmos", "rtf", "tokens_per_second", "peak_mem_bytes", "params", "layers",
+              "vs_first", "per_item"}
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def test_paired_bootstrap_covers_a_known_difference_and_narrows_with_more_items():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (20, 80, 500):
+        a = rng.normal(0.30, 0.15, n)  # item difficulty varies a lot ...
+        b = a + 0.05 + rng.normal(0, 0.03, n)  # ... but B is consistently 0.05 worse
+        res = paired_bootstrap(list(a), list(b), resamples=2000, seed=0)
+        lo, hi = res["ci95"]
+        assert res["n"] == n and lo < res["delta"] < hi
+        assert lo <= 0.05 <= hi, (n, res)
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    assert paired_bootstrap(list(a), list(b), seed=3) == paired_bootstrap(list(a), list(b), seed=3)
+
+
+def test_paired_bootstrap_identical_and_missing_values():
+    same = paired_bootstrap([0.1, 0.5, 0.2], [0.1, 0.5, 0.2])
+    assert same == {"delta": 0.0, "ci95": [0.0, 0.0], "n": 3}
+    res = paired_bootstrap([0.1, None, 0.3], [0.2, 0.4, None])
+    assert res["n"] == 1 and res["delta"] == pytest.approx(0.1)
+    assert paired_bootstrap([None], [0.2])["delta"] is None
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def test_vs_first_follows_the_papers_table():
+    def fake(label, wers, sims, rtf, params, layers, mem):
+        return {"label": label, "per_item": [{"id": str(i), "wer": w, "cer": w, "sim": s}
+                                             for i, (w, s) in enumerate(zip(wers, sims))],
+                "dnsmos": {"p808": 3.0, "ovrl": 2.5}, "rtf": {"lm": rtf, "e2e": 2 * rtf}, "tokens_per_second": 100 / rtf,
+                "params": {"lm": params, "system": params + 100}, "layers": layers, "peak_mem_bytes": mem}
+
+    full = fake("full", [0.1, 0.2, 0.0, 0.1], [0.9, 0.8, 0.85, 0.9], 0.5, 1000, 12, 2000)
+    small = fake("small", [0.2, 0.2, 0.1, 0.1], [0.85, 0.8, 0.8, 0.9], 0.25, 600, 6, 1500)
+    compare_to_first([full, small], resamples=500)
+    v = small["vs_first"]
+    assert full["vs_first"] is None and v["reference"] == "full"
+    assert v["wer"]["delta_points"] == pytest.approx(5.0)
+    assert v["wer"]["ci95"][0] <= 5.0 <= v["wer"]["ci95"][1]
+    assert v["sim"]["delta"] == pytest.approx(-0.025)
+    assert v["rtf"]["lm"]["ratio"] == pytest.approx(0.5) and v["rtf"]["e2e"]["speedup"] == pytest.approx(2.0)
+    assert v["params_pct"]["lm"] == pytest.approx(-40.0) and v["layers_pct"] == pytest.approx(-50.0)
+    assert v["peak_mem_pct"] == pytest.approx(-25.0)
+    small["per_item"] = small["per_item"][:3]
+    with pytest.raises(ValueError, match="other items"):
+        compare_to_first([full, small])
+
+
+# ---------------------------------------------------------------- items files and model names
+
+def test_items_file_good_and_bad_lines(tmp_path):
+    (tmp_path / "wavs").mkdir()
+    (tmp_path / "wavs" / "p1.wav").write_bytes(b"RIFF")
+    good = tmp_path / "good.lst"
+    good.write_text("# Seed-TTS-eval style\n\n"
+                    "u1|The prompt.|wavs/p1.wav|Say this please.\n"
+                    f"u2|Another prompt.|{tmp_path / 'wavs' / 'p1.wav'}|And this.|wavs/gt2.wav\n")
+    items = parse_items_file(good)
+    assert [it["id"] for it in items] == ["u1", "u2"]
+    assert items[0]["prompt_wav"] == str((tmp_path / "wavs" / "p1.wav").resolve())
+    assert items[1]["target_text"] == "And this." and items[1]["reference_wav"].endswith("gt2.wav")
+
+    cases = [
+        ("u1|only three|wavs/p1.wav\n", "line 1: expected 4 fields"),
+        ("u1|A.|wavs/p1.wav|Fine.\nu2|B.|wavs/missing.wav|Fine.\n", "line 2: prompt wav 'wavs/missing.wav' not found"),
+        ("u1|A.|wavs/p1.wav|Fine.\nu1|B.|wavs/p1.wav|Again.\n", "line 2: id 'u1' already used on line 1"),
+        ("u1||wavs/p1.wav|Fine.\n", "line 1: empty field"),
+        ("u1|A.|wavs/p1.wav|...\n", "line 1: target text"),
+    ]
+    for text, message in cases:
+        bad = tmp_path / "bad.lst"
+        bad.write_text(text)
+        with pytest.raises(ItemsError, match=re.escape(message)) as e:
+            parse_items_file(bad)
+        assert "\n" not in str(e.value) and str(bad) in str(e.value)
+    bad.write_text("a|b\nc|d\nu1|A.|wavs/p1.wav|Fine.\ne\n")
+    with pytest.raises(ItemsError, match=r"line 1: .*\(and 2 more bad line\(s\): 2, 4\)"):
+        parse_items_file(bad)
+    with pytest.raises(ItemsError, match="not found"):
+        parse_items_file(tmp_path / "nope.lst")
+
+
+def test_model_specs_labels(tmp_path):
+    (tmp_path / "m").mkdir()
+    specs = parse_model_specs(["built-in", str(tmp_path / "m"), f"pruned={tmp_path / 'm'}", str(tmp_path / "m")])
+    assert [s.label for s in specs] == ["built-in", "m", "pruned", "m-2"]
+    assert specs[0].path == "" and specs[2].path == str((tmp_path / "m").resolve())
+    with pytest.raises(ValueError, match="not a folder"):
+        parse_model_specs([str(tmp_path / "absent")])
+    from spade_tts.evaluation.models import BUILTIN_FOLDER
+    from spade_tts.reference.synth import BUILTIN_MODEL
+
+    assert BUILTIN_FOLDER == BUILTIN_MODEL  # the cache key finds the built-in model without importing torch
+
+
+# ---------------------------------------------------------------- end to end on the tiny model
+
+def _cfg(tiny_corpus, tiny_reference, out: Path) -> EvalConfig:
+    corpus, _, _ = tiny_corpus
+    return EvalConfig(models=[f"full={tiny_reference}", f"again={tiny_reference}"], corpus_dir=str(corpus),
+                      items_per_speaker=1, max_prompt_seconds=30.0, max_seconds=2.0, out_dir=str(out / "eval"),
+                      json=str(out / "eval.json"), warmup=1, rtf_runs=2, rtf_items=1, bootstrap_resamples=200)
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_corpus, tiny_reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    cfg = _cfg(tiny_corpus, tiny_reference, out)
+    return cfg, evaluate_models(cfg)
+
+
+def test_eval_writes_every_key_and_identical_models_do_not_differ(two_models):
+    cfg, data = two_models
+    on_disk = json.loads(Path(cfg.json).read_text())
+    assert on_disk["format"] == "spade-eval/1" and on_disk["items"]["count"] == 2
+    full, again = on_disk["models"]
+    for m in (full, again):
+        assert MODEL_KEYS <= set(m)
+        assert set(m["dnsmos"]) == {"p808", "ovrl"} and set(m["rtf"]) == {"lm", "e2e"}
+        assert set(m["params"]) == {"lm", "system"} and m["params"]["system"] > m["params"]["lm"] > 0
+        assert m["layers"] == 4 and m["peak_mem_bytes"] > 0 and m["tokens_per_second"] > 0
+        assert 0 < m["rtf"]["lm"] < m["rtf"]["e2e"] and len(m["rtf_runs"]["e2e"]) == 2
+        assert len(m["per_item"]) == 2
+        for row in m["per_item"]:
+            assert {"text", "transcript", "wer", "sim", "wav", "prompt_wav"} <= set(row)
+            assert Path(row["wav"]).is_file() and Path(row["wav"]).parent.parent.name == m["label"]
+    assert full["vs_first"] is None
+    v = again["vs_first"]
+    assert v["reference"] == "full"
+    # the same weights, items and seeds: the same audio, transcripts and scores
+    assert [r["transcript"] for r in full["per_item"]] == [r["transcript"] for r in again["per_item"]]
+    assert v["wer"]["delta_points"] == 0 and v["wer"]["ci95"][0] <= 0 <= v["wer"]["ci95"][1]
+    assert v["cer"]["delta_points"] == 0
+    assert v["sim"]["delta"] == pytest.approx(0, abs=1e-6)
+    assert v["sim"]["ci95"][0] <= 1e-6 and v["sim"]["ci95"][1] >= -1e-6
+    assert v["params_pct"] == {"lm": 0.0, "system": 0.0} and v["layers_pct"] == 0.0
+    assert v["rtf"]["e2e"]["ratio"] > 0 and "ci95" in v["wer"] and "ci95" in v["sim"]
+
+
+def test_finished_models_are_not_recomputed(two_models, monkeypatch, tmp_path):
+    cfg, data = two_models
+    calls = []
+    monkeypatch.setattr(evaluate_mod, "evaluate_one", lambda *a, **k: calls.append(a) or pytest.fail("recomputed"))
+    again = evaluate_models(cfg)
+    assert calls == [] and again["models"][1]["wer"] == data["models"][1]["wer"]
+    # other settings give another key, so the model is evaluated anew (in a copy of the folder; spy only)
+    shutil.copytree(cfg.out_dir, tmp_path / "eval")
+    monkeypatch.setattr(evaluate_mod, "evaluate_one", lambda *a, **k: calls.append(a[1].label) or data["models"][0])
+    evaluate_models(EvalConfig(**{**cfg.__dict__, "top_p": 0.5, "models": cfg.models[:1], "out_dir": str(tmp_path / "eval"),
+                                  "json": str(tmp_path / "x.json")}))
+    assert calls == ["full"]
+
+
+# ---------------------------------------------------------------- the report, rendered by Chromium
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_renders_in_headless_chromium(two_models, tmp_path):
+    _, data = two_models
+    scores_dir = tmp_path / "score"
+    scores_dir.mkdir()
+    layers = [{"layer": i, "wli": 0.5 + 0.1 * i, "block_influence": 0.1, "angular": 0.2, "tf_loss_rise": 0.3}
+              for i in range(4)]
+    scores = {"format": "spade-scores/1", "num_layers": 4, "full_wer": 0.4, "metrics": ["wli", "block_influence"],
+              "layers": layers, "cut_to_keep": {"wli": {"keep": [0, 3], "wer": 0.7}}}
+    (scores_dir / "scores.json").write_text(json.dumps(scores))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.bar(range(4), [r["wli"] for r in layers])
+    plt.savefig(scores_dir / "importance.png")
+    plt.close("all")
+    log = tmp_path / "distill.jsonl"
+    log.write_text("\n".join(json.dumps({"step": s, "loss": 3 / s, "ce": 2 / s, "kd": 1 / s, "lr": 1e-3})
+                             for s in range(1, 6)) + "\n")
+    assert len(read_loss_log(log)) == 5
+
+    out = tmp_path / "report"
+    index = write_report(out, data, scores_dir / "scores.json", log, sentences=2, title="Tiny <b>report</b> & co")
+    assert (out / "assets" / "importance.png").is_file() and (out / "assets" / "distill_loss.png").is_file()
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no chromium binary on PATH (setup.sh installs Debian's `chromium`); the report was written but "
+                    "not rendered")
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}",
+                           "--dump-dom", index.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert dom.count('class="model-row') == 2 and ">full<" in dom and ">again<" in dom
+    assert "<b>report</b>" not in dom and "Tiny &lt;b&gt;report&lt;/b&gt; &amp; co" in dom
+    assert 'class="scores"' in dom and 'src="assets/importance.png"' in dom and 'src="assets/distill_loss.png"' in dom
+    audio_srcs = re.findall(r'<audio[^>]*\ssrc="([^"]+)"', dom)
+    assert len(audio_srcs) == 2 * 3  # 2 sentences x (prompt + 2 models)
+    for src in audio_srcs:
+        assert not src.startswith(("/", "http", "file:")) and (out / unquote(src)).is_file()
+    assert dom.count('class="audio-row"') == 2
+
+
+def test_report_rejects_other_json(tmp_path):
+    with pytest.raises(ValueError, match="spade-eval/1"):
+        write_report(tmp_path, {"format": "spade-scores/1"})
+    bad = tmp_path / "log.jsonl"
+    bad.write_text('{"step": 1, "loss": 2}\nnot json\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_loss_log(bad)
+
+
+def test_cli_eval_help_teaches():
+    top = subprocess.run([sys.executable, "-m", "spade_tts.cli", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0, top.stderr[-500:]  # a bare '%' in a help string breaks argparse here
+    assert re.search(r"^\s+eval\s", top.stdout, re.M) and re.search(r"^\s+report\s", top.stdout, re.M)
+    out = subprocess.run([sys.executable, "-m", "spade_tts.cli", "eval", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for word in ("--models", "--json", "id|prompt_text|prompt_wav|target_text", "bootstrap", "RTF"):
+        assert word in out.stdout, word
+    out = subprocess.run([sys.executable, "-m", "spade_tts.cli", "report", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--scores" in out.stdout and "--distill-log" in out.stdout
+
+
+def test_cli_eval_settings_after_models_and_one_line_errors(tmp_path, monkeypatch, capsys):
+    from spade_tts.cli import main
+
+    seen = []
+    monkeypatch.setattr(evaluate_mod, "evaluate_models", lambda cfg: seen.append(cfg))
+    assert main(["eval", "--models", "built-in", "small=built-in", "seed=3", "rtf_runs=1", "--json", "x.json"]) == 0
+    assert seen[0].models == ["built-in", "small=built-in"] and seen[0].seed == 3 and seen[0].rtf_runs == 1
+    assert seen[0].json == "x.json"
+    monkeypatch.undo()
+    bad = tmp_path / "bad.lst"
+    bad.write_text("u1|A prompt.|missing.wav|A target.\n")
+    assert main(["eval", "--models", "built-in", "--items", str(bad), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "line 1: prompt wav 'missing.wav' not found" in err

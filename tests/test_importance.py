@@ -1,0 +1,143 @@
+"""Layer importance on a tiny trained reference LM: WLI through real synthesis and Whisper, and the proxies.
+
+A layer whose attention and MLP output projections are zeroed is an exact identity, so skipping
+it must leave everything unchanged: the same speech, the same WER, zero block influence and zero
+loss rise. That pins down the whole pipeline without trusting any number from the model itself.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+import spade_tts.reference.evaluate as ev
+from spade_tts.importance.layer_importance import ScoreConfig, iterative_removal, rank_correlation, score_layers
+from spade_tts.importance.teacher_forced import block_similarity, build_batch
+from spade_tts.reference.evaluate import heldout_items
+from spade_tts.reference.synth import ReferenceTTS
+
+IDENTITY_LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def identity_model(tiny_reference, tmp_path_factory):
+    """The tiny reference model with layer 1 turned into an exact identity."""
+    out = tmp_path_factory.mktemp("identity_model")
+    model = LlamaForCausalLM.from_pretrained(tiny_reference, dtype=torch.float32)
+    layer = model.model.layers[IDENTITY_LAYER]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    model.save_pretrained(out)
+    for f in ("spade_vocab.json", "codec.json", "codec.safetensors"):
+        shutil.copy(tiny_reference / f, out / f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scored(identity_model, tiny_corpus, tmp_path_factory):
+    corpus, _, _ = tiny_corpus
+    out = tmp_path_factory.mktemp("score")
+    cfg = ScoreConfig(model=str(identity_model), corpus_dir=str(corpus), items_per_speaker=1,
+                      batch_size=4, keep=2, out_dir=str(out), json=str(out / "copy.json"), iterative=True,
+                      iterative_metric="tf_loss_rise")
+    return cfg, score_layers(cfg)
+
+
+def test_skipping_an_identity_layer_changes_nothing(scored):
+    _, res = scored
+    layers = res["layers"]
+    assert res["num_layers"] == 4 and res["items"] == 2 and res["full_wer"] is not None
+    assert layers[IDENTITY_LAYER]["wli"] == res["full_wer"]
+    runs = json.loads((Path(scored[0].out_dir) / "state.json").read_text())["runs"]
+    full_items = runs["skip:"]["per_item"]
+    assert runs[f"skip:{IDENTITY_LAYER}"]["per_item"] == full_items  # same audio length and transcript, item by item
+    # while skipping a real layer does change what is spoken (so the skip is really applied)
+    assert any(runs[f"skip:{i}"]["per_item"] != full_items for i in (0, 2, 3))
+    assert layers[IDENTITY_LAYER]["block_influence"] < 1e-6
+    assert abs(layers[IDENTITY_LAYER]["tf_loss_rise"]) < 1e-5
+    others = [row for row in layers if row["layer"] != IDENTITY_LAYER]
+    assert all(row["block_influence"] > 1e-4 and row["angular"] > 1e-4 for row in others)
+    # the iterative teacher-forced mode removes the free layer first
+    assert res["iterative"]["removed_order"][0] == IDENTITY_LAYER
+    assert len(res["iterative"]["kept"]) == 2
+
+
+def test_score_outputs_json_csv_plot_and_comparisons(scored):
+    cfg, res = scored
+    cfg_out = Path(cfg.out_dir)
+    on_disk = json.loads((cfg_out / "scores.json").read_text())
+    assert on_disk == json.loads(open(cfg.json).read()) == json.loads(json.dumps(res))
+    assert [row["layer"] for row in on_disk["layers"]] == [0, 1, 2, 3]
+    rho = on_disk["spearman"]
+    assert set(rho) == set(on_disk["metrics"]) and rho["block_influence"]["block_influence"] == pytest.approx(1)
+    assert rho["block_influence"]["angular"] == pytest.approx(1)  # the same angle on another scale: same ranking
+    csv_lines = (cfg_out / "scores.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == ["layer"] + on_disk["metrics"] and len(csv_lines) == 5
+    import matplotlib.image
+
+    assert matplotlib.image.imread(cfg_out / "importance.png").shape[0] > 100
+    cut = on_disk["cut_to_keep"]
+    assert cut["first"]["keep"] == [0, 1]
+    assert all(len(sel["keep"]) == 2 and 0 <= sel["wer"] for sel in cut.values())
+
+
+def test_a_finished_score_run_is_not_redone_and_a_lost_layer_is(scored, monkeypatch):
+    cfg, res = scored
+    calls = []
+    original = ev.synthesize_items
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "synthesize_items", counting)
+    again = score_layers(cfg)
+    assert calls == [] and again["layers"] == res["layers"]
+    state_path = Path(cfg.out_dir) / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["runs"]["skip:2"]
+    state_path.write_text(json.dumps(state))
+    again = score_layers(cfg)
+    assert calls == ["skip:2"] and again["layers"][2]["wli"] == res["layers"][2]["wli"]
+
+
+def test_hooked_block_influence_matches_hidden_states(tiny_reference, tiny_corpus):
+    corpus, _, _ = tiny_corpus
+    tts = ReferenceTTS.from_pretrained(tiny_reference)
+    items = heldout_items(corpus, 1, 4.0, 0)
+    batch = build_batch(tts, items, corpus)
+    got = block_similarity(tts.model, tts.model.model.layers, batch, chunk=1)
+    with torch.no_grad():
+        hs = tts.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
+    sel = batch.target_mask
+    for i in range(len(hs) - 2):  # the last entry is after the final norm, so the last layer is left out here
+        cos = torch.nn.functional.cosine_similarity(hs[i][sel], hs[i + 1][sel], dim=-1)
+        assert got["block_influence"][i] == pytest.approx(float(1 - cos.mean()), rel=1e-4, abs=1e-6)
+
+
+def test_rank_correlation_is_null_when_undefined():
+    assert rank_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+    assert rank_correlation([1.0, 2.0, 3.0], [30.0, 20.0, 10.0]) == pytest.approx(-1)
+
+
+def test_iterative_removal_rescores_after_each_removal():
+    # layers 0 and 1 are redundant copies: either alone is cheap to remove, both together are not
+    base = {0: 1.0, 1: 1.0, 2: 3.0, 3: 0.5}
+
+    def score_of(removed, i):
+        pair_penalty = 10.0 if {0, 1} <= set(removed + [i]) else 0.0
+        return base[i] + pair_penalty
+
+    assert iterative_removal(4, 2, score_of) == [3, 0]  # one-shot by base scores would drop 3 and 0 too, then 1
+    assert iterative_removal(4, 1, score_of) == [3, 0, 2]
+
+
+def test_bad_score_settings_are_clear(tiny_reference, tiny_corpus, tmp_path):
+    corpus, _, _ = tiny_corpus
+    with pytest.raises(ValueError, match="keep=4 must be between 1 and 3"):
+        score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), keep=4, out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="iterative_metric"):
+        score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), iterative_metric="bogus"))
