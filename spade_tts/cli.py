@@ -25,7 +25,7 @@ EPILOG = textwrap.dedent(
       eval-reference    WER and speaker similarity of a model on the held-out set
       score             rank decoder layers: WER with each layer skipped (WLI) and cheaper proxies, resumable
       compress          the whole method in one resumable command: score -> prune -> distill -> eval -> report
-                        (`spade compress --quick`: a self-contained demo, about 15-20 min on 2 CPU cores)
+                        (`spade compress --quick`: a self-contained demo, about 12-15 min on 2 CPU cores)
       prune             keep the most important decoder layers (from a scores file) and save a smaller model
       distill           recover a pruned model by multi-level distillation from the full one (accelerate-ready)
       eval              compare models on the same items: WER, CER, SIM, DNSMOS, RTF, memory, params, 95 % CIs
@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the same command after an interruption to resume. Stage settings go through as "
                                    "stage.key=value (score.items_per_speaker=2, distill.steps=500, eval.dnsmos=false).")
     p.add_argument("--quick", action="store_true",
-                   help="demo preset: builds its own small corpus, 1 item per voice, 60 distillation steps; "
-                        "about 15-20 min on 2 CPU cores; figures are a smoke test, not a measurement")
+                   help="demo preset: builds its own small corpus, 1 item per voice, 30 distillation steps; "
+                        "about 12-15 min on 2 CPU cores; figures are a smoke test, not a measurement")
     p.add_argument("--model", help="full model folder (default: the built-in reference model)")
     _add_config_args(p)
     p.set_defaults(func=cmd_compress)

@@ -42,7 +42,7 @@ QUICK = {
     "score": {"items_per_speaker": 1, "compare": False},
     # the attention-map term is left out of the demo: on 2 CPU cores it costs two thirds of a step
     # (20 s against 7 s at batch 4, docs/distillation.md)
-    "distill": {"steps": 60, "batch_size": 4, "data_fraction": 1.0, "warmup": 5, "lr": 5e-4, "save_every": 20,
+    "distill": {"steps": 30, "batch_size": 4, "data_fraction": 1.0, "warmup": 3, "lr": 5e-4, "save_every": 10,
                 "log_every": 2, "w_attn": 0.0, "max_prompt_seconds": 3.0, "max_target_seconds": 4.0},
     "eval": {"items_per_speaker": 1, "rtf_runs": 1, "rtf_items": 2, "bootstrap_resamples": 1000},
 }
