@@ -18,6 +18,7 @@ EPILOG = textwrap.dedent(
     """
     stages (run `spade STAGE --help` for each):
       data build        synthesize the offline multi-speaker corpus (voices x sentences, phone timings)
+      data family       manifest of an LLM-TTS family (LLaSA, Orpheus, ...) -> distillation dataset
       codec fit         learn the speech tokenizer's codebook from the corpus
       codec eval        round-trip table: original audio vs tokens -> audio (WER, speaker cosine, DNSMOS)
       train-reference   train the built-in LLaSA-shaped reference LM (resumable)
@@ -41,6 +42,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings that override the recipe")
 
 
+def _add_family_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", default=None, help="LLM-TTS family of --model (llasa, orpheus, cosyvoice2, spark-tts, "
+                                                  "outetts, generic); detected from the folder when left out")
+    p.add_argument("--family-config", default=None, help="YAML of the generic family when it is not next to the "
+                                                         "checkpoint (implies --family generic)")
+
+
 def _print_config(cfg) -> None:
     print("settings: " + json.dumps(to_dict(cfg)))
 
@@ -51,6 +59,22 @@ def cmd_data_build(args) -> None:
     cfg = load_config(DataConfig, args.recipe, args.overrides)
     _print_config(cfg)
     print(json.dumps(build_corpus(cfg), indent=2))
+
+
+def cmd_data_family(args) -> None:
+    from spade_tts.families.data import FamilyDataConfig, build_family_dataset
+    from spade_tts.families.registry import load_speech_lm
+
+    cfg = load_config(FamilyDataConfig, args.recipe, args.overrides)
+    for key in ("manifest", "out"):
+        if getattr(args, key):
+            setattr(cfg, key, getattr(args, key))
+    _print_config(cfg)
+    speech = load_speech_lm(args.model, args.family, family_config=args.family_config)
+    out = build_family_dataset(speech, cfg)
+    meta = json.loads((out / "spade_data.json").read_text())
+    print(f"{speech.family}: {meta['rows']} sequences, {meta['tokens']} tokens from {meta['utterances_used']} "
+          f"utterances ({meta['with_prompt']} with a voice prompt); wrote {out} (spade distill dataset={out})")
 
 
 def cmd_codec_fit(args) -> None:
@@ -77,10 +101,64 @@ def cmd_train_reference(args) -> None:
     train_reference(cfg)
 
 
+def _family_model(args) -> str | None:
+    """The LLM-TTS family to use for ``--model`` (given by --family/--family-config or detected), or None."""
+    if getattr(args, "family", None) or getattr(args, "family_config", None):
+        return args.family or "generic"
+    if not getattr(args, "model", None):
+        return None
+    from pathlib import Path
+
+    from spade_tts.families.registry import find_family
+
+    return find_family(Path(args.model)) if Path(args.model).is_dir() else None
+
+
+def cmd_synth_family(args, family: str) -> None:
+    """`spade synth --model FAMILY_CHECKPOINT`: the family's prompt, generation and codec decoding."""
+    import numpy as np
+
+    from spade_tts.audio import save_wav
+    from spade_tts.families.base import GenerationConfig
+    from spade_tts.families.generate import generate_codes
+    from spade_tts.families.registry import load_speech_lm
+
+    speech = load_speech_lm(args.model, family, device=args.device, family_config=args.family_config)
+    prompt_codes, prompt_text = None, args.prompt_text or ""
+    if args.prompt_codes:
+        prompt_codes = np.load(args.prompt_codes)
+    elif args.prompt_audio:
+        import soundfile as sf
+
+        from spade_tts.audio import load_audio
+
+        if not args.prompt_text:
+            raise ValueError("--prompt-audio needs --prompt-text: the words spoken in it")
+        sr = sf.info(args.prompt_audio).samplerate
+        prompt_codes = speech.encode_audio(load_audio(args.prompt_audio, sample_rate=sr), sr)
+    elif args.prompt_voice:
+        raise ValueError("--prompt-voice is for the built-in model; give --prompt-audio/--prompt-text "
+                         "(or --prompt-codes) to a family checkpoint")
+    cfg = GenerationConfig(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                           greedy=args.temperature <= 0, max_new_tokens=args.max_new_tokens)
+    codes = generate_codes(speech, args.text, prompt_text, prompt_codes, cfg)
+    if args.output.endswith(".npy"):
+        np.save(args.output, codes)
+        print(f"wrote {args.output}: codes of shape {tuple(np.shape(codes))} ({family})")
+        return
+    audio, sr = speech.decode_audio(codes)
+    save_wav(args.output, audio, sr)
+    print(f"wrote {args.output}: {len(audio) / sr:.2f} s, codes {tuple(np.shape(codes))} ({family})")
+
+
 def cmd_synth(args) -> None:
     from spade_tts.audio import load_audio, save_wav
     from spade_tts.reference.synth import GenerationSettings, ReferenceTTS
 
+    family = _family_model(args)
+    if family is not None:
+        cmd_synth_family(args, family)
+        return
     if bool(args.prompt_audio) == bool(args.prompt_voice):
         raise ValueError("give either --prompt-audio FILE (with --prompt-text) or --prompt-voice NAME")
     if args.prompt_voice:
@@ -125,6 +203,18 @@ def cmd_compress(args) -> None:
 def cmd_score(args) -> None:
     from spade_tts.importance.layer_importance import ScoreConfig, score_layers
 
+    family = _family_model(args)
+    if family is not None or args.data:
+        from spade_tts.importance.family_scores import FamilyScoreConfig, score_family
+
+        cfg = load_config(FamilyScoreConfig, args.recipe, args.overrides)
+        for key in ("json", "model", "data", "family_config"):
+            if getattr(args, key):
+                setattr(cfg, key, getattr(args, key))
+        cfg.family = cfg.family or family or ""
+        _print_config(cfg)
+        score_family(cfg)
+        return
     cfg = load_config(ScoreConfig, args.recipe, args.overrides)
     for key in ("json", "model"):
         if getattr(args, key):
@@ -137,7 +227,8 @@ def cmd_prune(args) -> None:
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
     cfg = load_config(PruneConfig, args.recipe, args.overrides)
-    for key in ("model", "scores", "out", "keep", "ratio", "metric", "keep_first", "keep_last"):
+    for key in ("model", "scores", "out", "keep", "ratio", "metric", "keep_first", "keep_last", "family",
+                "family_config"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.keep is not None and args.ratio is None:  # a flag replaces the recipe's choice, not adds to it
@@ -208,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Synthesize every voice reading its sentences, with phone timings; resumable.")
     _add_config_args(p)
     p.set_defaults(func=cmd_data_build)
+    p = data.add_parser("family", help="turn (audio or codes, text) of an LLM-TTS family into a distillation dataset",
+                        description="Read a JSONL manifest ({\"audio\"|\"codes\", \"text\", \"speaker\"} a line; audio "
+                                    "is encoded with the family's codec, codes are used as given), build the family's "
+                                    "training sequences (voice prompt = another utterance of the speaker) and write a "
+                                    "dataset that `spade distill dataset=FOLDER` reads. See docs/families/.")
+    p.add_argument("--model", required=True, help="checkpoint folder of the family (its tokenizer and layout)")
+    _add_family_args(p)
+    p.add_argument("--manifest", required=True, help="JSONL manifest")
+    p.add_argument("-o", "--out", required=True, help="dataset folder to write")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_family)
 
     codec = sub.add_parser("codec", help="speech tokenizer tools").add_subparsers(dest="action", metavar="ACTION")
     p = codec.add_parser("fit", help="fit the tokenizer codebook on the corpus",
@@ -233,8 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-text", help="what is said in --prompt-audio")
     p.add_argument("--prompt-voice", help="instead of a recording, have an offline voice read a prompt "
                                           "(flite_slt, flite_rms, flite_awb, flite_kal16, festival_slt_hts, festival_kal, ...)")
-    p.add_argument("-o", "--output", required=True, help="output .wav (16 kHz)")
-    p.add_argument("--model", default=None, help="model folder (default: the built-in reference model)")
+    p.add_argument("-o", "--output", required=True, help="output .wav (16 kHz for the built-in model; the "
+                                                              "codec's rate for a family), or .npy for the codes")
+    p.add_argument("--model", default=None, help="model folder (default: the built-in reference model); an LLM-TTS "
+                                                 "family checkpoint is detected, or name it with --family")
+    _add_family_args(p)
+    p.add_argument("--prompt-codes", default=None, help="family checkpoints: the prompt's codec codes (.npy) instead "
+                                                        "of --prompt-audio (with --prompt-text)")
+    p.add_argument("--max-new-tokens", type=int, default=1500, help="family checkpoints: length guard in tokens")
     p.add_argument("--temperature", type=float, default=1.0, help="speech-token temperature; 0 = greedy")
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
@@ -272,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scores.csv and importance.png to out_dir; a killed run resumes from state.json. "
                                    "Cheap ranking without ASR: wli=false. Iterative removal: iterative=true.")
     p.add_argument("--model", help="model folder (default: the built-in reference model)")
+    _add_family_args(p)
+    p.add_argument("--data", default=None, help="LLM-TTS family checkpoints: JSONL manifest of (audio or codes, text, "
+                                                "speaker) to compute the teacher-forced metrics on (no WLI)")
     p.add_argument("--json", help="also write the scores (per-layer `wli`, full-model `wer`) here")
     _add_config_args(p)
     p.set_defaults(func=cmd_score)
@@ -292,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
             The scores file must come from the same model: its fingerprint and depth are checked.
         """))
     p.add_argument("--model", default=None, help="source model folder (default: the built-in reference model)")
+    _add_family_args(p)
     p.add_argument("--scores", default=None, help="spade-scores/1 JSON written by `spade score` for this model")
     p.add_argument("-o", "--out", default=None, help="output folder for the pruned model (replaced if it holds an "
                                                       "earlier `spade prune` result)")

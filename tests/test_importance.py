@@ -87,13 +87,13 @@ def test_score_outputs_json_csv_plot_and_comparisons(scored):
 def test_a_finished_score_run_is_not_redone_and_a_lost_layer_is(scored, monkeypatch):
     cfg, res = scored
     calls = []
-    original = ev.synthesize_items
+    original = ev.speak_items
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("desc"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "synthesize_items", counting)
+    monkeypatch.setattr(ev, "speak_items", counting)
     again = score_layers(cfg)
     assert calls == [] and again["layers"] == res["layers"]
     state_path = Path(cfg.out_dir) / "state.json"
@@ -141,3 +141,15 @@ def test_bad_score_settings_are_clear(tiny_reference, tiny_corpus, tmp_path):
         score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), keep=4, out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="iterative_metric"):
         score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), iterative_metric="bogus"))
+
+
+def test_scores_do_not_depend_on_batching_or_overlap(scored, tmp_path):
+    """Run one item at a time, with no transcription overlapped: every run's transcripts are the same."""
+    cfg, _ = scored
+    serial = ScoreConfig(model=cfg.model, corpus_dir=cfg.corpus_dir, items_per_speaker=1, batch_size=1, keep=2,
+                         out_dir=str(tmp_path), overlap_asr=False, compare=False)
+    score_layers(serial)
+    a = json.loads((Path(cfg.out_dir) / "state.json").read_text())["runs"]
+    b = json.loads((tmp_path / "state.json").read_text())["runs"]
+    assert set(b) <= set(a) and len(b) == 5
+    assert all(a[k]["per_item"] == b[k]["per_item"] for k in b)

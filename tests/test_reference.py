@@ -156,3 +156,36 @@ def test_eval_items_pair_each_target_with_another_utterance_of_its_speaker(tiny_
         assert it["prompt"]["speaker"] == it["target"]["speaker"] == it["speaker"]
         assert it["prompt"]["id"] != it["target"]["id"] and it["prompt"]["text"] != it["target"]["text"]
     assert heldout_items(corpus, 3, 30, seed=0) == items
+
+
+def test_sampled_items_do_not_depend_on_their_batch(trained):
+    """Each item owns its random stream: batched (with rows leaving as they end) == one by one."""
+    _, export = trained
+    tts = ReferenceTTS.from_pretrained(export)
+    v = tts.vocab
+    targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"]),
+               v.phone_ids(["pau", "s", "iy", "pau"])]
+    prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), t, list(range(1, 4 + 3 * i)))
+               for i, t in enumerate(targets)]
+    settings = GenerationSettings(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.1)
+    batched = generate_codes(tts.model, v, prompts, targets, 100, settings)
+    alone = [generate_codes(tts.model, v, [p], [t], 100, settings, item_ids=[i])[0]
+             for i, (p, t) in enumerate(zip(prompts, targets))]
+    assert batched == alone
+    assert len({len(c) for c, _, _ in batched}) > 1  # rows ended at different steps, so some left the batch
+    other_seed = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(
+        temperature=1.0, top_p=0.9, seed=4, max_phone_seconds=0.1))
+    assert other_seed != batched
+
+
+def test_length_ratio_cuts_a_runaway_item(trained):
+    _, export = trained
+    tts = ReferenceTTS.from_pretrained(export)
+    v = tts.vocab
+    target = v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"])
+    prompt = v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), target, [1, 2, 3])
+    settings = GenerationSettings(temperature=1.0, seed=0, max_phone_seconds=0.5, max_length_ratio=1.0)
+    (free, _, free_cut), = generate_codes(tts.model, v, [prompt], [target], 100, settings)
+    assert len(free) >= 2 and not free_cut
+    (codes, _, cut), = generate_codes(tts.model, v, [prompt], [target], 100, settings, max_codes=[len(free) - 1])
+    assert codes == free[:-1] and cut  # the same stream, cut one code early

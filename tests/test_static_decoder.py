@@ -234,3 +234,36 @@ def test_static_step_traces_as_one_graph():
         got = generate_greedy(model, ids, mask, 5, decoder=decoder)
     assert decoder._compiled is not None
     assert torch.equal(got, ref)
+
+
+def test_dropping_finished_rows_keeps_the_others_exact():
+    """keep_rows: the remaining rows decode exactly as they would have in the full batch."""
+    model = make_model("qwen2")
+    ids, mask = padded_batch([5, 9, 7, 3])
+    feed = [torch.randint(1, VOCAB, (4,), generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    ref = StaticDecoder(model, max_batch=4, max_len=32)
+    ref.prefill(ids, mask)
+    full = [ref.step(tok) for tok in feed]
+    dec = StaticDecoder(model, max_batch=4, max_len=32)
+    dec.prefill(ids, mask)
+    for tok in feed[:3]:
+        dec.step(tok)
+    dec.keep_rows([3, 0])  # rows 1 and 2 finished; the order may change too
+    for t, tok in enumerate(feed[3:], start=3):
+        torch.testing.assert_close(dec.step(tok[[3, 0]]), full[t][[3, 0]], rtol=1e-5, atol=1e-5)
+    dec.keep_rows([1])  # now only the original row 0 is left; one more step against it decoded alone
+    torch.testing.assert_close(dec.step(feed[0][[0]]), dec_step_reference(model, ids, mask, feed, [0], feed[0][[0]]),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="distinct row numbers"):
+        dec.keep_rows([0, 0])
+    with pytest.raises(ValueError, match="static_shapes=False"):
+        StaticDecoder(model, max_batch=4, max_len=32, static_shapes=True).keep_rows([0])
+
+
+def dec_step_reference(model, ids, mask, feed, rows, last):
+    """Logits of ``rows`` decoded alone (a fresh batch of just them) after ``feed`` and then ``last``."""
+    dec = StaticDecoder(model, max_batch=len(rows), max_len=32)
+    dec.prefill(ids[rows], mask[rows])
+    for tok in feed:
+        dec.step(tok[rows])
+    return dec.step(last)

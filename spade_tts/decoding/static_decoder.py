@@ -373,6 +373,32 @@ class StaticDecoder:
         with torch.inference_mode():
             return self._decode_one(next_ids, t)
 
+    def keep_rows(self, rows: torch.Tensor | list[int]) -> None:
+        """Go on with only ``rows`` of the batch (in that order): row j becomes old row ``rows[j]``.
+
+        A batch steps until its longest item ends, so rows that finished early would keep
+        costing a full row of every matmul and attention read; dropping them as they finish makes
+        a batch of mixed lengths cost about what its items cost one by one. The next ``step``
+        takes one token per kept row. Eager mode only (a compiled step has fixed shapes).
+        """
+        if self.static:
+            raise ValueError("keep_rows needs static_shapes=False (a compiled step has a fixed batch)")
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device).reshape(-1)
+        n = rows.numel()
+        if n == 0 or int(rows.min()) < 0 or int(rows.max()) >= self._batch or rows.unique().numel() != n:
+            raise ValueError(f"keep_rows needs distinct row numbers in [0, {self._batch}), got {rows.tolist()}")
+        t = self._t
+        with torch.inference_mode():
+            for k, v in self._caches:
+                k[:n, :, :t] = k[rows, :, :t]  # advanced indexing copies first: no overlap hazard
+                v[:n, :, :t] = v[rows, :, :t]
+            self._pos[:n] = self._pos[rows]
+            self._key_bias[:n] = self._key_bias[rows]
+        self._batch = n
+        self._pos_b = self._pos[:n]
+        self._mask_b = self._key_bias[:n, None, None, :]
+        self._caches_b = [(k[:n], v[:n]) for k, v in self._caches]
+
     def _decode_one(self, ids, t):
         """One token per row. Eager: attend over a view of slots [lo, t]; static: over all slots."""
         bsz, static, rms = self._batch, self.static, self._rms

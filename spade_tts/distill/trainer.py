@@ -49,6 +49,8 @@ class DistillConfig:
     # models
     teacher: str = ""  # HF folder of the full model; '' = the built-in reference model
     student: str = ""  # folder written by `spade prune` (holds spade_pruning.json)
+    family: str = ""  # LLM-TTS family of teacher and student (llasa, orpheus, ...); '' = detect from the teacher
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoints
     out_dir: str = "runs/distill"
     # data
     dataset: str = ""  # a prebuilt token dataset folder (docs/distillation.md); '' = build from tokens_dir
@@ -96,11 +98,11 @@ def check_config(cfg: DistillConfig) -> tuple[Path, Path, dict]:
     if not cfg.student:
         raise ValueError("no student: give student=FOLDER, a model written by `spade prune`")
     student = Path(cfg.student)
-    if not student.is_dir() or not (student / "config.json").is_file():
+    if not student.is_dir() or not ((student / "config.json").is_file() or (student / PRUNING_FILE).is_file()):
         raise FileNotFoundError(f"student folder {student} not found or has no config.json: make it with "
                                 "`spade prune -o FOLDER`")
     teacher = Path(cfg.teacher) if cfg.teacher else BUILTIN_MODEL
-    if not (teacher / "config.json").is_file():
+    if not teacher.is_dir() or not ((teacher / "config.json").is_file() or cfg.family or family_of(cfg, teacher)):
         raise FileNotFoundError(f"teacher folder {teacher} not found or has no config.json")
     record = read_pruning_record(student)
     check_fraction(cfg.data_fraction)
@@ -134,14 +136,39 @@ def lr_factor(step: int, cfg: DistillConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def family_of(cfg: DistillConfig, teacher_dir: Path) -> str | None:
+    """The LLM-TTS family the models are loaded through, or None (plain HF folders, the built-in model)."""
+    if cfg.family or cfg.family_config:
+        return cfg.family or "generic"
+    if not cfg.teacher or not Path(teacher_dir).is_dir():
+        return None
+    from spade_tts.families.registry import find_family
+
+    return find_family(teacher_dir)
+
+
 def load_models(teacher_dir: Path, student_dir: Path, record: dict, cfg: DistillConfig, device):
-    """(teacher, student): the teacher frozen and in eval mode on ``device``, the student in fp32 for training."""
+    """(teacher, student): the teacher frozen and in eval mode on ``device``, the student in fp32 for training.
+
+    A family checkpoint (LLaSA, Orpheus, CosyVoice 2, ...) is loaded by its adapter; the models
+    returned are the adapters' ``.lm`` and the student's adapter is kept in ``cfg._student_speech``
+    so that :func:`export_final` writes the family's own format.
+    """
     from transformers import AutoModelForCausalLM
 
     from spade_tts.pruning.layers import decoder_layers, model_fingerprint
 
     teacher_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=teacher_dtype)
+    family = family_of(cfg, teacher_dir)
+    if family is not None:
+        from spade_tts.families.registry import load_speech_lm
+
+        fam_cfg = cfg.family_config or None
+        teacher = load_speech_lm(teacher_dir, family, dtype=teacher_dtype, family_config=fam_cfg).lm
+        student_speech = load_speech_lm(student_dir, family, dtype=torch.float32, family_config=fam_cfg)
+        cfg._student_speech = student_speech
+    else:
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=teacher_dtype)
     depth = len(decoder_layers(teacher))
     if depth != int(record["teacher_layers"]):
         raise ValueError(f"the student was pruned from a {record['teacher_layers']}-layer model but the teacher "
@@ -154,17 +181,26 @@ def load_models(teacher_dir: Path, student_dir: Path, record: dict, cfg: Distill
     teacher.requires_grad_(False)
     teacher.eval()
     teacher.to(device)
-    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    student = student_speech.lm if family is not None else AutoModelForCausalLM.from_pretrained(student_dir,
+                                                                                                dtype=torch.float32)
     if len(decoder_layers(student)) != len(record["kept"]):
         raise ValueError(f"{student_dir} has {len(decoder_layers(student))} layers but its {PRUNING_FILE} keeps "
                          f"{len(record['kept'])}; make the student again with `spade prune`")
-    if student.config.vocab_size != teacher.config.vocab_size:
-        raise ValueError(f"student vocabulary ({student.config.vocab_size}) differs from the teacher's "
-                         f"({teacher.config.vocab_size})")
+    if vocab_size(student) != vocab_size(teacher):
+        raise ValueError(f"student vocabulary ({vocab_size(student)}) differs from the teacher's "
+                         f"({vocab_size(teacher)})")
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
     return teacher, student
+
+
+def vocab_size(model) -> int:
+    """Rows of a model's output logits (HF config's vocab_size, else the output head's rows)."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(size, int):
+        return size
+    return int(model.get_output_embeddings().weight.shape[0])
 
 
 def open_dataset(cfg: DistillConfig, teacher_dir: Path, vocab_size: int) -> TokenDataset:
@@ -252,21 +288,29 @@ def export_final(accelerator, model, student_dir: Path, out: Path, cfg: DistillC
 
     state = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers the full weights)
     final = out / "final"
+    speech = getattr(cfg, "_student_speech", None)  # a family checkpoint: written by its adapter
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        stored = json.loads((student_dir / "config.json").read_text())
+        stored = json.loads((student_dir / "config.json").read_text()) if (student_dir / "config.json").is_file() else {}
         name = cfg.save_dtype if cfg.save_dtype != "auto" else (stored.get("dtype") or stored.get("torch_dtype")
                                                                 or "float32")
         dtype = getattr(torch, name)
-        state = _cast_state(state, dtype)
         tmp = out / f".final.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, state_dict=state)
-        config = json.loads((tmp / "config.json").read_text())
-        for key in ("dtype", "torch_dtype"):
-            if key in config:
-                config[key] = name
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if speech is not None:
+            # training is over: cast the trained module itself and let the adapter write its format
+            # (DDP and single-process runs; under FSDP unwrap_model is sharded and this path is untested)
+            speech.lm = unwrapped.to(dtype)
+            speech.save_pretrained(tmp)
+        else:
+            state = _cast_state(state, dtype)
+            unwrapped.save_pretrained(tmp, state_dict=state)
+        if (tmp / "config.json").is_file():
+            config = json.loads((tmp / "config.json").read_text())
+            for key in ("dtype", "torch_dtype"):
+                if key in config:
+                    config[key] = name
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for path in side_files(student_dir) + [student_dir / PRUNING_FILE]:
             if not (tmp / path.name).exists():
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
@@ -317,7 +361,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
 
     teacher, student = load_models(teacher_dir, student_dir, record, cfg, accelerator.device)
     with accelerator.main_process_first():  # the main process builds the dataset; the others then reuse it
-        data = open_dataset(cfg, teacher_dir, student.config.vocab_size)
+        data = open_dataset(cfg, teacher_dir, vocab_size(student))
     match = layer_matching(record["kept"], int(record["teacher_layers"]), cfg.matching)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world

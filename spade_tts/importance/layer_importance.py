@@ -44,6 +44,10 @@ class ScoreConfig:
     json: str = ""  # also copy the scores JSON here
     asr_model: str = ""  # empty = offline Whisper tiny.en
     device: str = "cpu"
+    # a skipped layer can make the model babble: cut an item at this many times the length its prompt's
+    # speaking rate predicts (0 = only the 20 s guard); a cut item keeps its high WER, it just ends sooner
+    max_length_ratio: float = 2.5
+    overlap_asr: bool = True  # transcribe one run on a CPU thread while the next one is synthesized
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -53,13 +57,20 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class ScoringRun:
-    """Synthesis runs keyed by the set of skipped layers, cached on disk as they finish."""
+    """Synthesis runs keyed by the set of skipped layers, cached on disk as they finish.
+
+    With ``overlap_asr`` the runs form a two-stage pipeline: while Whisper transcribes run k on
+    one CPU thread, the LM synthesizes run k + 1 on the others. Each run's items decode as one
+    batch whose finished rows leave it, and every item samples from its own random stream, so a
+    run's result does not depend on how it was batched or scheduled.
+    """
 
     def __init__(self, cfg: ScoreConfig, tts, items: list[dict], fingerprint: str, asr):
         from spade_tts.reference.synth import GenerationSettings
 
         self.cfg, self.tts, self.items, self.asr = cfg, tts, items, asr
-        self.settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+        self.settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                           max_length_ratio=cfg.max_length_ratio)
         self.path = Path(cfg.out_dir) / "state.json"
         identity = {"model_fingerprint": fingerprint, "items": [(it["prompt"]["id"], it["target"]["id"]) for it in items],
                     "settings": asdict(self.settings)}
@@ -72,22 +83,50 @@ class ScoringRun:
                 print(f"note: {self.path} was made with another model, item set or decoding; starting afresh")
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def key(skip: list[int]) -> str:
+        return "skip:" + ",".join(map(str, sorted(skip)))
+
     def wer(self, skip: list[int]) -> float:
         """Mean per-item WER with ``skip`` bypassed (cached)."""
-        from spade_tts.pruning.layers import skip_layers
-        from spade_tts.reference.evaluate import synthesize_items
+        return self.wer_many([skip])[0]
 
-        key = "skip:" + ",".join(map(str, sorted(skip)))
-        if key not in self.state["runs"]:
-            start = time.time()
-            with skip_layers(self.tts.model, sorted(skip)):
-                rows = synthesize_items(self.tts, self.items, self.cfg.corpus_dir, self.settings, self.asr,
-                                        batch_size=self.cfg.batch_size, desc=f"{key or 'full'}")
-            self.state["runs"][key] = {"skip": sorted(skip), "wer": float(np.mean([r["wer"] for r in rows])),
-                                       "seconds": round(time.time() - start, 1),
-                                       "per_item": [{k: r[k] for k in ("id", "wer", "transcript", "seconds")} for r in rows]}
+    def wer_many(self, skips: list[list[int]], desc: str = "") -> list[float]:
+        """Mean WER of each skip set, running the missing ones (transcription overlapped with synthesis)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from spade_tts.pruning.layers import skip_layers
+        from spade_tts.reference.evaluate import score_spoken, speak_items
+
+        todo = list(dict.fromkeys(self.key(s) for s in skips if self.key(s) not in self.state["runs"]))
+        pending = []  # (key, skip, spoken, started, future of the transcripts)
+
+        def finish(entry) -> None:
+            key, skip, spoken, started, future = entry
+            rows = score_spoken(spoken, future.result())
+            self.state["runs"][key] = {"skip": skip, "wer": float(np.mean([r["wer"] for r in rows])),
+                                       "seconds": round(time.time() - started, 1),
+                                       "per_item": [{k: r[k] for k in ("id", "wer", "transcript", "seconds", "truncated")}
+                                                    for r in rows]}
             _write_json(self.path, self.state)
-        return self.state["runs"][key]["wer"]
+
+        workers = 1 if self.cfg.overlap_asr else 0
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for key in tqdm(todo, desc=desc or "synthesis runs", unit="run", disable=len(todo) < 2):
+                skip = [int(x) for x in key[len("skip:"):].split(",") if x]
+                started = time.time()
+                with skip_layers(self.tts.model, skip):
+                    spoken = speak_items(self.tts, self.items, self.cfg.corpus_dir, self.settings,
+                                         self.cfg.batch_size, desc=key if skip else "full")
+                future = pool.submit(self.asr.transcribe, [res.audio for _, _, res in spoken])
+                pending.append((key, skip, spoken, started, future))
+                if not workers:
+                    finish(pending.pop())
+                while pending and (pending[0][-1].done() or len(pending) > 1):
+                    finish(pending.pop(0))  # keep at most one transcription in flight
+            for entry in pending:
+                finish(entry)
+        return [self.state["runs"][self.key(s)]["wer"] for s in skips]
 
 
 def proxy_scores(tts, items: list[dict], corpus_dir: str) -> tuple[dict[str, list[float]], float]:
@@ -130,10 +169,9 @@ def iterative_removal(n_layers: int, keep: int, score_of) -> list[int]:
 
 
 def score_layers(cfg: ScoreConfig) -> dict:
-    from spade_tts.importance.plots import plot_importance, write_csv
-    from spade_tts.importance.teacher_forced import build_batch, speech_loss
-    from spade_tts.pruning.layers import decoder_layers, model_fingerprint, skip_layers
-    from spade_tts.pruning.prune import choose_kept_layers
+    import torch
+
+    from spade_tts.pruning.layers import decoder_layers, model_fingerprint
     from spade_tts.reference.evaluate import heldout_items
     from spade_tts.reference.synth import ReferenceTTS
     from spade_tts.scoring import get_transcriber
@@ -149,7 +187,24 @@ def score_layers(cfg: ScoreConfig) -> dict:
     if not items:
         raise ValueError(f"no phone-aligned held-out items in {cfg.corpus_dir}; build the corpus with aligned voices")
     fingerprint = model_fingerprint(tts.model)
-    run = ScoringRun(cfg, tts, items, fingerprint, get_transcriber(cfg.asr_model or None) if cfg.wli else None)
+    overlap = cfg.wli and cfg.overlap_asr and cfg.device == "cpu"
+    asr = get_transcriber(cfg.asr_model or None, cpu_threads=1 if overlap else 0) if cfg.wli else None
+    run = ScoringRun(cfg, tts, items, fingerprint, asr)
+    torch_threads = torch.get_num_threads()
+    if overlap:  # Whisper gets one core of its own; the LM the rest (oversubscribed OpenMP threads spin)
+        torch.set_num_threads(max(1, torch_threads - 1))
+    try:
+        return _score(cfg, tts, items, run, fingerprint, n, keep)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprint: str, n: int, keep: int) -> dict:
+    from spade_tts.importance.plots import plot_importance, write_csv
+    from spade_tts.importance.teacher_forced import build_batch, speech_loss
+    from spade_tts.pruning.layers import skip_layers
+    from spade_tts.pruning.prune import choose_kept_layers
+
     start = time.time()
 
     if "proxies" not in run.state:
@@ -160,9 +215,9 @@ def score_layers(cfg: ScoreConfig) -> dict:
     metrics = list(PROXY_METRICS)
     full_wer = None
     if cfg.wli:
-        full_wer = run.wer([])
-        for i in tqdm(range(n), desc="WLI (one layer skipped)", unit="layer"):
-            per_layer[i]["wli"] = per_layer[i]["wer"] = run.wer([i])
+        full_wer, *wli = run.wer_many([[]] + [[i] for i in range(n)], desc="WLI (full model, then one layer skipped)")
+        for i in range(n):
+            per_layer[i]["wli"] = per_layer[i]["wer"] = wli[i]
         metrics = ["wli"] + metrics
     result = {"format": "spade-scores/1", "model": cfg.model or "built-in", "model_fingerprint": fingerprint,
               "num_layers": n, "full_wer": full_wer, "full_tf_loss": full_loss, "metrics": metrics,
@@ -189,8 +244,9 @@ def score_layers(cfg: ScoreConfig) -> dict:
         selections = {m: choose_kept_layers(result, keep, metric=m) for m in metrics + ["first"]}
         if "iterative" in result:
             selections["iterative"] = result["iterative"]["kept"]
-        result["cut_to_keep"] = {m: {"keep": kept, "wer": run.wer(sorted(set(range(n)) - set(kept)))}
-                                 for m, kept in tqdm(selections.items(), desc=f"cut to {keep} layers", unit="set")}
+        cuts = run.wer_many([sorted(set(range(n)) - set(kept)) for kept in selections.values()],
+                            desc=f"cut to {keep} layers")
+        result["cut_to_keep"] = {m: {"keep": kept, "wer": w} for (m, kept), w in zip(selections.items(), cuts)}
     result["seconds"] = round(time.time() - start, 1)
     result["seconds_per_layer_item"] = (round(sum(run.state["runs"][f"skip:{i}"]["seconds"] for i in range(n))
                                         / (n * len(items)), 3) if cfg.wli else None)

@@ -38,6 +38,8 @@ class PruneConfig:
     metric: str = "wli"  # wli, block_influence, angular, tf_loss_rise, ..., iterative, or first
     keep_first: bool = False  # always keep layer 0
     keep_last: bool = False  # always keep the last layer
+    family: str = ""  # LLM-TTS family of `model` (llasa, orpheus, ...); '' = detect (plain HF folders need none)
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoint
 
 
 def n_keep_from(num_layers: int, keep: int | None = None, ratio: float | None = None) -> int:
@@ -179,8 +181,10 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
         raise ValueError("no output folder: give -o/--out FOLDER (or out=FOLDER)")
     source = Path(cfg.model) if cfg.model else BUILTIN_MODEL
     out = Path(cfg.out)
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(f"no model in {source}: expected a Hugging Face folder with config.json")
+    family = _family_of(cfg, source)
+    if family is None and not (source / "config.json").is_file():
+        raise FileNotFoundError(f"no model in {source}: expected a Hugging Face folder with config.json "
+                                "or a checkpoint of an LLM-TTS family (--family NAME)")
     if out.resolve() == source.resolve():
         raise ValueError(f"output folder {out} is the source model; choose another -o")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PRUNING_FILE).is_file())):
@@ -194,8 +198,15 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
     elif cfg.scores:
         scores = load_scores(cfg.scores)
 
-    # Everything the user can get wrong is checked before the weights are read.
-    depth = AutoConfig.from_pretrained(source).get_text_config(decoder=True).num_hidden_layers
+    speech = None
+    if family is not None:  # an LLM-TTS family checkpoint: its adapter loads and saves it in its own format
+        from spade_tts.families.registry import load_speech_lm
+
+        speech = load_speech_lm(source, family, dtype="auto", family_config=cfg.family_config or None)
+        depth = len(find_decoder(speech.lm).layers)
+    else:
+        # Everything the user can get wrong is checked before the weights are read.
+        depth = AutoConfig.from_pretrained(source).get_text_config(decoder=True).num_hidden_layers
     if scores is not None and scores["num_layers"] != depth:
         raise ValueError(f"scores file {cfg.scores} is for a {scores['num_layers']}-layer model but {source} has "
                          f"{depth} layers; score this model with `spade score --model {source}`")
@@ -206,7 +217,7 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
     kept = choose_kept_layers(scores if scores is not None else {"num_layers": depth}, n_keep, cfg.metric,
                               cfg.keep_first, cfg.keep_last)
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")  # keeps the checkpoint's dtype
+    model = speech.lm if speech is not None else AutoModelForCausalLM.from_pretrained(source, dtype="auto")
     if len(find_decoder(model).layers) != depth:
         raise ValueError(f"{source}: config.json says {depth} layers but the model has "
                          f"{len(find_decoder(model).layers)}; fix config.json")
@@ -220,6 +231,7 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
     record = {
         "format": PRUNING_FORMAT,
         "source_model": str(cfg.model) if cfg.model else "built-in",
+        "family": family,
         "source_fingerprint": fingerprint,
         "fingerprint": model_fingerprint(model),
         "teacher_layers": depth,
@@ -238,7 +250,10 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with torch.no_grad():
-            model.save_pretrained(tmp)
+            if speech is not None:
+                speech.save_pretrained(tmp)
+            else:
+                model.save_pretrained(tmp)
         for path in side_files(source):
             if not (tmp / path.name).exists():  # save_pretrained's own files (generation_config) win
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
@@ -247,6 +262,17 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _family_of(cfg: PruneConfig, source: Path) -> str | None:
+    """The LLM-TTS family to load ``source`` with, or None for a plain HF folder / the built-in model."""
+    if cfg.family or cfg.family_config:
+        return cfg.family or "generic"
+    if not cfg.model or not source.is_dir():
+        return None
+    from spade_tts.families.registry import find_family
+
+    return find_family(source)
 
 
 def _replace_folder(new: Path, out: Path) -> None:

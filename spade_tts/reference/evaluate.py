@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 
 @dataclass
@@ -55,35 +54,46 @@ def heldout_items(corpus_dir: str | Path, per_speaker: int, max_prompt_seconds: 
     return items
 
 
+def speak_items(tts, items: list[dict], corpus_dir: str | Path, settings, batch_size: int = 1,
+                desc: str = "synthesizing") -> list[tuple[dict, np.ndarray, object]]:
+    """Speak every item's target in its prompt's voice: (item, prompt audio, SynthResult) per item."""
+    from spade_tts.audio import load_audio
+
+    corpus = Path(corpus_dir)
+    prompts = [load_audio(corpus / it["prompt"]["audio"]) for it in items]
+    outs = tts.synthesize_pairs([it["target"]["text"] for it in items], prompts,
+                                [it["prompt"]["text"] for it in items], settings, batch_size=max(1, batch_size),
+                                progress=desc)
+    return list(zip(items, prompts, outs))
+
+
+def score_spoken(spoken: list[tuple], hyps: list[str], enc=None, save_audio_dir: str = "") -> list[dict]:
+    """One row per spoken item: WER of its transcript ``hyps[i]``, and speaker cosine when ``enc`` is given."""
+    from spade_tts.audio import save_wav
+    from spade_tts.scoring import wer
+
+    rows = []
+    for (it, prompt_audio, res), hyp in zip(spoken, hyps):
+        row = {"id": it["target"]["id"], "speaker": it["speaker"], "prompt_id": it["prompt"]["id"],
+               "text": it["target"]["text"], "transcript": hyp, "wer": wer(it["target"]["text"], hyp),
+               "seconds": len(res.audio) / 16000, "reference_seconds": it["target"]["seconds"],
+               "guard_hits": res.guard_hits, "truncated": res.truncated}
+        if enc is not None:
+            row["sim"] = enc.similarity(res.audio, prompt_audio)
+        rows.append(row)
+        if save_audio_dir:
+            save_wav(Path(save_audio_dir) / f"{it['target']['id']}.wav", res.audio, 16000)
+    return rows
+
+
 def synthesize_items(tts, items: list[dict], corpus_dir: str | Path, settings, asr, enc=None,
                      batch_size: int = 1, save_audio_dir: str = "", desc: str = "synthesizing") -> list[dict]:
     """Speak every item's target in its prompt's voice and score it: one row per item.
 
     Shared by evaluation and layer scoring so that both measure WER the same way.
     """
-    from spade_tts.audio import load_audio, save_wav
-    from spade_tts.scoring import wer
-
-    corpus = Path(corpus_dir)
-    rows = []
-    bs = max(1, batch_size)
-    for i in tqdm(range(0, len(items), bs), desc=desc, unit="batch", leave=False):
-        chunk = items[i : i + bs]
-        prompts = [load_audio(corpus / it["prompt"]["audio"]) for it in chunk]
-        outs = tts.synthesize_pairs([it["target"]["text"] for it in chunk], prompts,
-                                    [it["prompt"]["text"] for it in chunk], settings, batch_size=bs)
-        hyps = asr.transcribe([o.audio for o in outs])
-        for it, prompt_audio, res, hyp in zip(chunk, prompts, outs, hyps):
-            row = {"id": it["target"]["id"], "speaker": it["speaker"], "prompt_id": it["prompt"]["id"],
-                   "text": it["target"]["text"], "transcript": hyp, "wer": wer(it["target"]["text"], hyp),
-                   "seconds": len(res.audio) / 16000, "reference_seconds": it["target"]["seconds"],
-                   "guard_hits": res.guard_hits, "truncated": res.truncated}
-            if enc is not None:
-                row["sim"] = enc.similarity(res.audio, prompt_audio)
-            rows.append(row)
-            if save_audio_dir:
-                save_wav(Path(save_audio_dir) / f"{it['target']['id']}.wav", res.audio, 16000)
-    return rows
+    spoken = speak_items(tts, items, corpus_dir, settings, batch_size, desc)
+    return score_spoken(spoken, asr.transcribe([res.audio for _, _, res in spoken]), enc, save_audio_dir)
 
 
 def evaluate_reference(cfg: ReferenceEvalConfig) -> dict:

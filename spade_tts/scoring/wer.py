@@ -100,10 +100,10 @@ class Transcriber:
     dtype they were saved in.
     """
 
-    def __init__(self, model: str | None = None, device: str = "cpu", compute_type: str = "int8"):
+    def __init__(self, model: str | None = None, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 0):
         self.model_dir = _default_model_dir() if model is None else str(model)
         self.backend = detect_backend(self.model_dir)
-        self.device, self.compute_type = device, compute_type
+        self.device, self.compute_type, self.cpu_threads = device, compute_type, int(cpu_threads)
         self._model = None
         self._lock = threading.Lock()
 
@@ -113,7 +113,8 @@ class Transcriber:
                 if self.backend == "ctranslate2":
                     from faster_whisper import WhisperModel
 
-                    self._model = WhisperModel(self.model_dir, device=self.device, compute_type=self.compute_type)
+                    self._model = WhisperModel(self.model_dir, device=self.device, compute_type=self.compute_type,
+                                               cpu_threads=self.cpu_threads)
                 else:
                     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -186,10 +187,12 @@ _CACHE: dict[tuple, Transcriber] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_transcriber(model: str | None = None, device: str = "cpu", compute_type: str = "int8") -> Transcriber:
-    """One shared Transcriber per (model, device, compute_type): loading Whisper twice wastes memory and seconds."""
-    key = (None if model is None else str(Path(model).resolve()), device, compute_type)
+def get_transcriber(model: str | None = None, device: str = "cpu", compute_type: str = "int8",
+                    cpu_threads: int = 0) -> Transcriber:
+    """One shared Transcriber per (model, device, compute_type, cpu_threads): loading Whisper twice wastes
+    memory and seconds. ``cpu_threads`` 0 = CTranslate2's default (OMP_NUM_THREADS, else 4)."""
+    key = (None if model is None else str(Path(model).resolve()), device, compute_type, int(cpu_threads))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Transcriber(model, device, compute_type)
+            _CACHE[key] = Transcriber(model, device, compute_type, cpu_threads)
         return _CACHE[key]

@@ -1,0 +1,14 @@
+"""LLM-TTS family adapters: one module per family, each defining a :class:`SpeechLM` subclass.
+
+``FAMILY_MODULES`` maps a family name (what ``--family`` takes) to the module that holds its
+adapter; ``spade_tts.families.registry`` (detection, loading by name) imports them lazily so
+that importing the package never imports a family's optional codec package.
+"""
+FAMILY_MODULES = {
+    "llasa": "spade_tts.families.llasa",
+    "orpheus": "spade_tts.families.orpheus",
+    "outetts": "spade_tts.families.outetts",
+    "spark-tts": "spade_tts.families.spark_tts",
+    "cosyvoice2": "spade_tts.families.cosyvoice2",
+    "generic": "spade_tts.families.generic",
+}

@@ -1,0 +1,156 @@
+"""What every LLM-TTS family adapter gives the rest of spade-tts.
+
+Every stage (teacher-forced importance, WLI, pruning, distillation, decoding) works on one
+shape of model: a decoder-only LM over a single token space, called as
+``lm(input_ids=..., attention_mask=...).logits``, whose decoder stack
+:func:`spade_tts.pruning.layers.find_decoder` finds. LLaSA, Spark-TTS, Orpheus and OuteTTS are
+that already (an HF ``*ForCausalLM`` with speech tokens appended to the text vocabulary).
+CosyVoice 2 is not (text and speech have separate embedding tables and its own speech head),
+so its adapter presents a *unified* view: speech token k is id ``text_vocab + k`` on the way
+in, and logits over the unified space on the way out.
+
+An adapter is the only place that knows a family's prompt template, where its speech tokens
+sit, what stops a generation, how tokens map to codec codes (Orpheus: 7 per SNAC frame;
+OuteTTS: two DAC codebooks interleaved) and how its codec decodes them. Everything else asks
+the adapter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SpeechLayout:
+    """Where speech lives in the unified token space."""
+
+    speech_start: int  # first speech-token id
+    speech_end: int  # one past the last speech-token id
+    stop_ids: tuple[int, ...]  # ids that end a generation (e.g. LLaSA's SPEECH_GENERATION_END)
+    extra_ids: tuple[int, ...] = ()  # other ids the model may emit while speaking (e.g. frame markers)
+
+    def head_rows(self) -> torch.Tensor:
+        """Rows of the output head a speech generation may pick (speech + stop + extra ids), sorted."""
+        rows = set(range(self.speech_start, self.speech_end)) | set(self.stop_ids) | set(self.extra_ids)
+        return torch.tensor(sorted(rows), dtype=torch.long)
+
+
+@dataclass
+class Utterance:
+    """One (text, speech) example in a family's own terms: ``codes`` as its codec gives them."""
+
+    text: str
+    codes: np.ndarray  # the codec's codes, shape as the family's codec uses them
+    speaker: str = ""
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 1500
+    seed: int = 0
+    greedy: bool = False
+    extra: dict = field(default_factory=dict)
+    min_new_tokens: int = 0  # stop ids are suppressed before this many new tokens (smoke tests, short prompts)
+
+
+class SpeechLM:
+    """A loaded checkpoint of one family: the LM, its tokenizer and the family's rules.
+
+    Subclasses set ``family`` and implement the methods that raise ``NotImplementedError``.
+    """
+
+    family: ClassVar[str] = ""
+    #: training sequences carry another utterance of the same speaker as the voice prompt (zero-shot
+    #: cloning families); False for families that speak named voices (Orpheus' finetuned models)
+    uses_prompt: ClassVar[bool] = True
+
+    def __init__(self, path: Path, lm: nn.Module, tokenizer, layout: SpeechLayout):
+        self.path, self.lm, self.tokenizer, self.layout = Path(path), lm, tokenizer, layout
+
+    # -- loading and saving, in the family's own on-disk format ------------------------------
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        """True when ``path`` looks like a checkpoint of this family (config, tokenizer, files)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu") -> "SpeechLM":
+        raise NotImplementedError
+
+    def save_pretrained(self, out: str | Path) -> None:
+        """Write a folder that ``from_pretrained`` (ours, and the family's own tools) loads."""
+        raise NotImplementedError
+
+    # -- sequences ---------------------------------------------------------------------------
+    def prompt_ids(self, text: str, prompt_text: str = "", prompt_codes: np.ndarray | None = None) -> list[int]:
+        """The ids generation starts from, built as upstream builds them (the speech part continues it)."""
+        raise NotImplementedError
+
+    def codes_to_ids(self, codes: np.ndarray) -> list[int]:
+        """Codec codes -> speech-token ids in the unified space."""
+        raise NotImplementedError
+
+    def ids_to_codes(self, ids: list[int]) -> np.ndarray:
+        """Generated speech-token ids (stop and extra ids dropped) -> codec codes."""
+        raise NotImplementedError
+
+    def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
+        """(input_ids, loss_from): one training sequence; labels start after position ``loss_from``."""
+        raise NotImplementedError
+
+    # -- codec hooks (need the family's codec package and weights) --------------------------------
+    def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    # -- defaults every family may keep (added for the framework; override where they do not fit) --------
+    @property
+    def vocab_size(self) -> int:
+        """Size of the unified token space the LM's logits cover."""
+        return int(self.lm.config.vocab_size)
+
+    @property
+    def pad_id(self) -> int:
+        """Id used to right-pad training batches (masked out, so any valid id works)."""
+        tok = self.tokenizer
+        for name in ("pad_token_id", "eos_token_id"):
+            value = getattr(tok, name, None) if tok is not None else None
+            if isinstance(value, int):
+                return value
+        return int(self.layout.stop_ids[0]) if self.layout.stop_ids else 0
+
+    def step_mask(self, step: int, rows: torch.Tensor) -> torch.Tensor | None:
+        """Which of ``rows`` (``layout.head_rows()``) may come at new-token ``step`` (0 = first); None = all.
+
+        Families whose codes have a per-position structure (Orpheus: the k-th token of a SNAC frame
+        lives in the k-th block of 4,096 ids) constrain generation with it, so that whatever a pruned
+        model samples always maps to valid codes.
+        """
+        return None
+
+    def random_codes(self, frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Valid random codes of ``frames`` frames, in the codec's own shape (tests and smoke runs).
+
+        The default suits a single code stream: uniform speech ids mapped back by ``ids_to_codes``.
+        """
+        ids = rng.integers(self.layout.speech_start, self.layout.speech_end, size=frames).tolist()
+        return self.ids_to_codes(ids)
+
+    def speech_ids(self, ids: list[int]) -> list[int]:
+        """``ids`` cut at the first stop id, stop and extra ids dropped: the part ``ids_to_codes`` reads."""
+        stops, out = set(self.layout.stop_ids), []
+        for i in ids:
+            if i in stops:
+                break
+            if self.layout.speech_start <= i < self.layout.speech_end:
+                out.append(int(i))
+        return out

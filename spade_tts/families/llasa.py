@@ -1,0 +1,137 @@
+"""LLaSA 1B / 3B / 8B (HKUSTAudio): a Llama-3 LM whose vocabulary ends with 65,536 X-codec2 tokens.
+
+Layout (vocabulary 193,800): the Llama-3 text vocabulary (128,256 ids, its own specials
+``<|begin_of_text|>`` 128000, ``<|start_header_id|>`` 128006, ``<|end_header_id|>`` 128007,
+``<|eot_id|>`` 128009), then 8 LLaSA specials (``<|TEXT_GENERATION_START|>`` ...
+``<|SPEECH_UNDERSTANDING_END|>``, 128256-128263), then ``<|s_0|>`` ... ``<|s_65535|>``
+(128264-193799): speech token k is id 128264 + k. The ids are read from the checkpoint's own
+tokenizer, never assumed, and checked to be contiguous.
+
+The prompt is the model's chat template, as upstream builds it: the user turn is
+"Convert the text to speech:" + ``<|TEXT_UNDERSTANDING_START|>`` + prompt text + target text +
+``<|TEXT_UNDERSTANDING_END|>``, the assistant turn ``<|SPEECH_GENERATION_START|>`` + the prompt's
+speech tokens, left open (``continue_final_message``) for the model to continue;
+``<|SPEECH_GENERATION_END|>`` ends the speech. Codes are X-codec2's single stream at 50 tokens/s,
+16 kHz, through the ``xcodec2`` package (``XCodec2Model``), loaded from ``SPADE_XCODEC2`` (a local
+folder or hub id; default ``HKUSTAudio/xcodec2``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spade_tts.families.base import SpeechLayout, Utterance
+from spade_tts.families.codec_hooks import require
+from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
+
+NUM_CODES = 65536
+SAMPLE_RATE = 16000
+TOKENS_PER_SECOND = 50
+USER_INSTRUCTION = "Convert the text to speech:"
+TU_START, TU_END = "<|TEXT_UNDERSTANDING_START|>", "<|TEXT_UNDERSTANDING_END|>"
+SG_START, SG_END = "<|SPEECH_GENERATION_START|>", "<|SPEECH_GENERATION_END|>"
+SPECIALS = ("<|TEXT_GENERATION_START|>", "<|TEXT_GENERATION_END|>", TU_START, TU_END, SG_START, SG_END,
+            "<|SPEECH_UNDERSTANDING_START|>", "<|SPEECH_UNDERSTANDING_END|>")
+# Llama-3 chat format, used only when a checkpoint's tokenizer carries no chat template of its own.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def speech_token(k: int) -> str:
+    return f"<|s_{k}|>"
+
+
+class LlasaSpeechLM(HFSpeechLM):
+    family = "llasa"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        cfg = read_config(path)
+        if cfg.get("model_type") != "llama":
+            return False
+        vocab = tokenizer_vocab(path)
+        return speech_token(0) in vocab and SG_START in vocab and SG_END in vocab
+
+    @classmethod
+    def make_layout(cls, tokenizer, config) -> SpeechLayout:
+        ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (speech_token(0), speech_token(NUM_CODES - 1),
+                                                                       SG_START, SG_END, TU_START, TU_END)}
+        unk = getattr(tokenizer, "unk_token_id", None)
+        missing = [n for n, i in ids.items() if i is None or (unk is not None and i == unk)]
+        if missing:
+            raise ValueError(f"this tokenizer has no {missing[0]}: not a LLaSA tokenizer (pass the right --family)")
+        start = ids[speech_token(0)]
+        if ids[speech_token(NUM_CODES - 1)] != start + NUM_CODES - 1:
+            raise ValueError(f"LLaSA speech tokens must be {NUM_CODES} contiguous ids from {speech_token(0)} ({start})")
+        return SpeechLayout(start, start + NUM_CODES, (ids[SG_END],))
+
+    # -- sequences ----------------------------------------------------------------------------------------
+    def _id(self, token: str) -> int:
+        return int(self.tokenizer.convert_tokens_to_ids(token))
+
+    def chat_prefix(self, text: str, prompt_text: str = "") -> list[int]:
+        """Token ids of the chat up to and including ``<|SPEECH_GENERATION_START|>`` (the template's own)."""
+        joined = " ".join(t for t in (prompt_text.strip(), text.strip()) if t)
+        chat = [{"role": "user", "content": USER_INSTRUCTION + TU_START + joined + TU_END},
+                {"role": "assistant", "content": SG_START}]
+        template = None if getattr(self.tokenizer, "chat_template", None) else LLAMA3_TEMPLATE
+        rendered = self.tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True,
+                                                      chat_template=template)
+        ids = list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        if not ids or ids[-1] != self._id(SG_START):
+            raise ValueError("the chat template did not end the prompt with <|SPEECH_GENERATION_START|>; "
+                             "is this a LLaSA tokenizer?")
+        return ids
+
+    def prompt_ids(self, text: str, prompt_text: str = "", prompt_codes: np.ndarray | None = None) -> list[int]:
+        ids = self.chat_prefix(text, prompt_text)
+        if prompt_codes is not None and len(prompt_codes):
+            ids += self.codes_to_ids(prompt_codes)
+        return ids
+
+    def codes_to_ids(self, codes: np.ndarray) -> list[int]:
+        codes = np.asarray(codes).reshape(-1).astype(np.int64)
+        if codes.size and (codes.min() < 0 or codes.max() >= NUM_CODES):
+            raise ValueError(f"X-codec2 codes must be in [0, {NUM_CODES}), got {codes.min()}..{codes.max()}")
+        return (codes + self.layout.speech_start).tolist()
+
+    def ids_to_codes(self, ids: list[int]) -> np.ndarray:
+        ids = np.asarray(self.speech_ids(list(ids)), dtype=np.int64)
+        return ids - self.layout.speech_start
+
+    def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
+        """Prompt (chat + prompt speech) + target speech + ``<|SPEECH_GENERATION_END|>``; loss after the prompt."""
+        head = self.prompt_ids(target.text, prompt.text if prompt else "", prompt.codes if prompt else None)
+        return head + self.codes_to_ids(target.codes) + [self.layout.stop_ids[0]], len(head) - 1
+
+    # -- codec ----------------------------------------------------------------------------------------------
+    _codec = None
+
+    def codec(self):
+        """The X-codec2 model (``xcodec2`` package), loaded once from SPADE_XCODEC2 or HKUSTAudio/xcodec2."""
+        if LlasaSpeechLM._codec is None:
+            mod = require("xcodec2.modeling_xcodec2", "xcodec2", "LLaSA (X-codec2)")
+            name = os.environ.get("SPADE_XCODEC2", "HKUSTAudio/xcodec2")
+            LlasaSpeechLM._codec = mod.XCodec2Model.from_pretrained(name).eval()
+        return LlasaSpeechLM._codec
+
+    def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        from spade_tts.audio import to_mono_16k
+
+        wav = torch.from_numpy(to_mono_16k(np.asarray(audio, dtype=np.float32), sample_rate))[None]
+        codec = self.codec()
+        with torch.no_grad():
+            codes = codec.encode_code(input_waveform=wav.to(next(codec.parameters()).device))
+        return codes.reshape(-1).cpu().numpy().astype(np.int64)
+
+    def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+        codec = self.codec()
+        t = torch.as_tensor(np.asarray(codes, dtype=np.int64)).reshape(1, 1, -1)
+        with torch.no_grad():
+            wav = codec.decode_code(t.to(next(codec.parameters()).device))
+        return wav.reshape(-1).float().cpu().numpy(), SAMPLE_RATE

@@ -1,0 +1,197 @@
+"""The done-when chain every LLM-TTS family adapter must pass, and builders for tiny real-layout checkpoints.
+
+``run_chain(tmp_path, build_checkpoint_fn, family)`` takes a function that writes a checkpoint
+folder of the family (real config class, real vocabulary size and special-token ids, tiny width,
+random weights) and runs: detection -> teacher-forced importance (``spade score`` for families) ->
+prune to half by ``tf_loss_rise`` -> the data hook (manifest of precomputed codes -> token dataset)
+-> 2 distillation steps -> final checkpoint -> reload in a fresh Python process -> greedy generation
+restricted to speech/stop ids -> codes. It asserts what holds for every family and returns what
+it saw, so that a family's test can assert its own shapes.
+
+``word_level_tokenizer`` and ``save_tiny_llama`` build HF folders the way the families ship them,
+without any download: a word-level tokenizer padded to the real text vocabulary, with the family's
+special tokens at their real ids.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = ("hello there good night the quick brown fox jumps over lazy dog a an to of and is it this that "
+         "convert text speech speech: user assistant system say once more please thank you").split()
+LLAMA3_TEXT_VOCAB = 128256
+LLAMA3_SPECIALS = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006,
+                   "<|end_header_id|>": 128007, "<|eot_id|>": 128009}
+# the Llama-3 chat format (what the Llama-3.x Instruct tokenizers render), without a system prompt
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def word_level_tokenizer(vocab_size: int, specials: dict[str, int], named: dict[str, int] | None = None,
+                         words=WORDS, split_pattern: str | None = None, chat_template: str | None = None,
+                         bos: str | None = None, eos: str | None = None, pad: str | None = None):
+    """An HF fast tokenizer over ``vocab_size`` ids: ``words`` from id 1 (``<unk>`` is 0), ``specials``
+    (added special tokens) and ``named`` (plain vocabulary entries, e.g. speech tokens) at the given
+    ids, ``<|dummy_N|>`` everywhere else. ``split_pattern`` isolates named tokens written in text."""
+    from tokenizers import AddedToken, Regex, Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    fixed = {**(named or {}), **specials}
+    taken = set(fixed.values())
+    assert not taken & set(vocab.values()), "fixed ids collide with the word list"
+    vocab.update(fixed)
+    used = set(vocab.values())
+    for i in range(vocab_size):
+        if i not in used:
+            vocab[f"<|dummy_{i}|>"] = i
+    assert len(vocab) == vocab_size and max(vocab.values()) == vocab_size - 1
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    pre = [pre_tokenizers.WhitespaceSplit()]
+    if split_pattern:
+        pre.insert(0, pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token=bos, eos_token=eos,
+                                   pad_token=pad, chat_template=chat_template)
+
+
+def save_tiny_llama(out: Path, vocab_size: int, tokenizer, layers: int = 4, hidden: int = 32,
+                    tie: bool = True, seed: int = 0, **config) -> Path:
+    """A random-weight LlamaForCausalLM of the real config class at tiny width, saved with its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2,
+                      max_position_embeddings=131072, tie_word_embeddings=tie, rope_theta=500000.0,
+                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0,
+                                    "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}, **config)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # HF's init (std 0.02) makes every logit ~0; spread them so greedy is not a tie
+        model.get_input_embeddings().weight.normal_(0, 0.5)
+    out = Path(out)
+    model.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
+    return out
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """save_pretrained, naming the plain fast-tokenizer class: otherwise AutoTokenizer picks the model type's
+    own class (Qwen2Tokenizer, ...), which rebuilds the pipeline instead of reading tokenizer.json as saved."""
+    tokenizer.save_pretrained(out)
+    cfg_path = Path(out) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys, warnings
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from spade_tts.families.base import GenerationConfig
+    from spade_tts.families.generate import generate_ids
+    from spade_tts.families.registry import detect_family, load_speech_lm
+    from spade_tts.pruning.layers import decoder_layers
+    a = json.loads(sys.argv[1])
+    s = load_speech_lm(a["path"], a["family"], family_config=a["family_config"])
+    prompt = s.prompt_ids(a["text"], a["prompt_text"], np.load(a["prompt_codes"]) if a["prompt_codes"] else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new = generate_ids(s, [prompt], GenerationConfig(greedy=True, max_new_tokens=a["max_new_tokens"],
+                                                          min_new_tokens=a["min_new_tokens"]))[0]
+    speech = s.speech_ids(new)
+    codes = s.ids_to_codes(new)
+    print(json.dumps({"family": s.family, "layers": len(decoder_layers(s.lm)), "new_ids": new,
+                      "head_rows": s.layout.head_rows().tolist(), "stop_ids": list(s.layout.stop_ids),
+                      "speech_ids": speech, "codes": np.asarray(codes).tolist(),
+                      "codes_shape": list(np.asarray(codes).shape),
+                      "round_trip": s.codes_to_ids(codes) if np.asarray(codes).size else [],
+                      "detected": detect_family(a["path"]) if not a["family_config"] else None}))
+""")
+
+
+def run_chain(tmp_path: Path, build_checkpoint_fn: Callable[[Path], Path | None], family: str, *,
+              family_config: str | None = None, frames: int = 6, max_new_tokens: int = 14,
+              min_new_tokens: int = 14, distill_steps: int = 2) -> dict:
+    """The whole chain on a tiny checkpoint of ``family``; returns what the fresh process generated."""
+    from spade_tts.distill.trainer import DistillConfig, distill
+    from spade_tts.families.data import FamilyDataConfig, build_family_dataset
+    from spade_tts.families.registry import detect_family, load_speech_lm
+    from spade_tts.importance.family_scores import FamilyScoreConfig, score_family
+    from spade_tts.pruning.layers import decoder_layers
+    from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
+
+    tmp_path = Path(tmp_path)
+    ckpt = build_checkpoint_fn(tmp_path / "full") or tmp_path / "full"
+    ckpt = Path(ckpt)
+    if family_config is None:
+        assert detect_family(ckpt) == family
+    speech = load_speech_lm(ckpt, family, family_config=family_config)
+    depth = len(decoder_layers(speech.lm))
+
+    # a manifest of precomputed codes: 2 speakers x 2 utterances (each target gets a same-speaker prompt)
+    rng = np.random.default_rng(0)
+    (tmp_path / "codes").mkdir(exist_ok=True)
+    texts = ["hello there", "good night", "the quick brown fox", "thank you"]
+    lines = []
+    for i, text in enumerate(texts):
+        np.save(tmp_path / "codes" / f"{i}.npy", speech.random_codes(frames, rng))
+        lines.append(json.dumps({"codes": f"codes/{i}.npy", "text": text, "speaker": f"spk{i % 2}"}))
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+
+    fam = {"family": family, "family_config": family_config or ""}
+    scores = score_family(FamilyScoreConfig(model=str(ckpt), data=str(manifest), out_dir=str(tmp_path / "score"),
+                                            batch_size=4, **fam))
+    assert scores["num_layers"] == depth and len(scores["layers"]) == depth
+    assert all(np.isfinite(row["tf_loss_rise"]) for row in scores["layers"])
+
+    pruned = prune_checkpoint(PruneConfig(model=str(ckpt), scores=str(tmp_path / "score" / "scores.json"),
+                                          out=str(tmp_path / "pruned"), ratio=0.5, metric="tf_loss_rise", **fam))
+    record = json.loads((pruned / "spade_pruning.json").read_text())
+    assert record["teacher_layers"] == depth and len(record["kept"]) == depth // 2 and record["family"] == family
+
+    data = build_family_dataset(speech, FamilyDataConfig(manifest=str(manifest), out=str(tmp_path / "data")))
+    del speech
+    final = distill(DistillConfig(teacher=str(ckpt), student=str(pruned), dataset=str(data), data_fraction=1.0,
+                                  steps=distill_steps, batch_size=2, warmup=1, save_every=distill_steps, log_every=1,
+                                  out_dir=str(tmp_path / "distill"), device="cpu", **fam))
+    log = [json.loads(x) for x in (tmp_path / "distill" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == distill_steps and all(np.isfinite(r["loss"]) for r in log)
+
+    args = {"path": str(final), "family": family, "family_config": family_config, "text": "hello there",
+            "prompt_text": "good night", "prompt_codes": str(tmp_path / "codes" / "1.npy"),
+            "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True,
+                          env=env, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["family"] == family and got["layers"] == depth // 2
+    if family_config is None:
+        assert got["detected"] == family
+    rows = set(got["head_rows"])
+    assert got["new_ids"] and all(i in rows for i in got["new_ids"]), "generation emitted a non-speech token"
+    stops = set(got["stop_ids"])
+    assert all(i not in stops for i in got["new_ids"][:-1]), "tokens after a stop id"
+    assert got["codes_shape"][0] > 0, "no codes came out"
+    assert got["round_trip"] == got["speech_ids"][: len(got["round_trip"])]
+    got.update(scores=scores, record=record, final=str(final), checkpoint=str(ckpt))
+    return got
