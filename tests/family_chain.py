@@ -195,3 +195,27 @@ def run_chain(tmp_path: Path, build_checkpoint_fn: Callable[[Path], Path | None]
     assert got["round_trip"] == got["speech_ids"][: len(got["round_trip"])]
     got.update(scores=scores, record=record, final=str(final), checkpoint=str(ckpt))
     return got
+
+
+QWEN2_TEXT_VOCAB = 151643
+QWEN2_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+
+
+def save_tiny_qwen2(out: Path, vocab_size: int, tokenizer, layers: int = 4, hidden: int = 32,
+                    tie: bool = True, seed: int = 0, **config) -> Path:
+    """A random-weight Qwen2ForCausalLM of the real config class at tiny width, saved with its tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=32768, tie_word_embeddings=tie, rope_theta=1000000.0, **config)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():  # spread the logits so greedy decoding is not a tie
+        model.get_input_embeddings().weight.normal_(0, 0.5)
+    out = Path(out)
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, out)
+    return out

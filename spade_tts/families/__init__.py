@@ -7,8 +7,8 @@ that importing the package never imports a family's optional codec package.
 FAMILY_MODULES = {
     "llasa": "spade_tts.families.llasa",
     "orpheus": "spade_tts.families.orpheus",
-    "outetts": "spade_tts.families.outetts",
-    "spark-tts": "spade_tts.families.spark_tts",
-    "cosyvoice2": "spade_tts.families.cosyvoice2",
+    "outetts": "spade_tts.families.oute",
+    "spark-tts": "spade_tts.families.spark",
+    "cosyvoice2": "spade_tts.families.cosyvoice",
     "generic": "spade_tts.families.generic",
 }

@@ -48,6 +48,7 @@ class ScoreConfig:
     # speaking rate predicts (0 = only the 20 s guard); a cut item keeps its high WER, it just ends sooner
     max_length_ratio: float = 2.5
     overlap_asr: bool = True  # transcribe one run on a CPU thread while the next one is synthesized
+    drop_finished: bool = True  # items that ended leave the decoding batch (same output, less work)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -70,7 +71,7 @@ class ScoringRun:
 
         self.cfg, self.tts, self.items, self.asr = cfg, tts, items, asr
         self.settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                           max_length_ratio=cfg.max_length_ratio)
+                                           max_length_ratio=cfg.max_length_ratio, drop_finished=cfg.drop_finished)
         self.path = Path(cfg.out_dir) / "state.json"
         identity = {"model_fingerprint": fingerprint, "items": [(it["prompt"]["id"], it["target"]["id"]) for it in items],
                     "settings": asdict(self.settings)}

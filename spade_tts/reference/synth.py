@@ -44,6 +44,7 @@ class GenerationSettings:
     # > 0: also cut an item at this many times the length its prompt's speaking rate predicts
     # (prompt frames per prompt phone x target phones): a broken model's babble ends early
     max_length_ratio: float = 0.0
+    drop_finished: bool = True  # rows whose item ended leave the batch (same output, fewer row-steps)
 
 
 def item_uniforms(seed: int, item: int, steps: int, device) -> torch.Tensor:
@@ -170,7 +171,7 @@ def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int
     uniforms = (torch.stack([item_uniforms(settings.seed, i, steps, device) for i in item_ids])
                 if settings.temperature > 0 else None)
     dec = _decoder(model, vocab, settings, bsz, width + steps)
-    can_drop = hasattr(dec, "keep_rows") and not getattr(dec, "static", True)
+    can_drop = settings.drop_finished and hasattr(dec, "keep_rows") and not getattr(dec, "static", True)
     off = dec.offset
     lo, hi = vocab.speech_offset - off, vocab.size - off
     # speech_end sits just before the phones in the vocabulary: one slice covers every move-on token
