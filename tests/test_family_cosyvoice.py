@@ -73,7 +73,8 @@ def test_real_key_names_load_strictly(cv, cv_dir):
     mine = cv.lm.state_dict()
     assert set(mine) == set(state)
     assert all(torch.equal(mine[k], state[k]) for k in state)
-    assert cv.layout.speech_start == SPEECH and cv.layout.speech_end == END and cv.layout.stop_ids == (END,)
+    assert cv.layout.speech_start == SPEECH and cv.layout.speech_end == END
+    assert cv.layout.stop_ids == (END, END + 1, END + 2)  # upstream's stop_token_ids: 6561, 6562, 6563
     assert cv.vocab_size == QWEN_VOCAB + 2 + 6564
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from family_chain import LLAMA3_SPECIALS, LLAMA3_TEXT_VOCAB, run_chain, save_tiny_llama, word_level_tokenizer
+from family_chain import LLAMA3_SPECIALS, LLAMA3_TEXT_VOCAB, WORDS, run_chain, save_tiny_llama, word_level_tokenizer
 
 OUTE_VOCAB = 134400
 MARKERS = ["<|im_start|>", "<|im_end|>", "<|text_start|>", "<|text_end|>", "<|audio_start|>", "<|audio_end|>",
@@ -22,7 +22,7 @@ AUDIO_END, IM_END = MARKER_IDS["<|audio_end|>"], MARKER_IDS["<|im_end|>"]
 def oute_tokenizer():
     named = {f"<|c1_{k}|>": C1 + k for k in range(1024)}
     named.update({f"<|c2_{k}|>": C2 + k for k in range(1024)})
-    return word_level_tokenizer(OUTE_VOCAB, {**LLAMA3_SPECIALS, **MARKER_IDS}, named,
+    return word_level_tokenizer(OUTE_VOCAB, {**LLAMA3_SPECIALS, **MARKER_IDS}, named, words=list(WORDS) + ["night."],
                                 split_pattern=r"<\|c[12]_\d+\|>", bos="<|begin_of_text|>", eos="<|im_end|>")
 
 
@@ -62,11 +62,10 @@ def test_prompt_ids_equal_layout(oute):
     m = MARKER_IDS
     codes = np.array([[3, 1023], [7, 0]])
     ids = oute.prompt_ids("hello there", "good night", codes)
-    assert ids == [m["<|im_start|>"], m["<|text_start|>"], w("good"), m["<|space|>"], w("night"), m["<|space|>"],
-                   w("hello"), m["<|space|>"], w("there"), m["<|text_end|>"], m["<|audio_start|>"],
-                   C1 + 3, C2 + 7, C1 + 1023, C2]
+    assert ids == [m["<|im_start|>"], m["<|text_start|>"], w("good"), w("night."), w("hello"), w("there"),
+                   m["<|text_end|>"], m["<|audio_start|>"], C1 + 3, C2 + 7, C1 + 1023, C2]
     # the same ids as tokenizing the prompt string upstream writes (newlines vanish in this word-level tokenizer)
-    text = ("<|im_start|>\n<|text_start|>good<|space|>night<|space|>hello<|space|>there<|text_end|>\n"
+    text = ("<|im_start|>\n<|text_start|>good night. hello there<|text_end|>\n"
             "<|audio_start|>\n<|c1_3|><|c2_7|><|c1_1023|><|c2_0|>")
     assert oute.tokenizer(text, add_special_tokens=False)["input_ids"] == ids
 

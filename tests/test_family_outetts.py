@@ -72,9 +72,6 @@ def test_codes_read_back_as_upstream_extracts_them(oute):
     assert oute.ids_to_codes(generated).tolist() == [[3, 1023, 5], [9, 0, 6]]
 
 
-@pytest.mark.xfail(strict=True, reason="v1.0's input prompt is '{bos}\\n{text_start}{text}{text_end}\\n{audio_start}"
-                                       "\\n' with the plain text; the adapter writes the words joined by <|space|> "
-                                       "(the 0.2/0.3 layout)")
 def test_completion_prompt_without_speaker(oute):
     assert oute.prompt_ids("hello there") == enc(
         oute, "<|im_start|>\n<|text_start|>hello there<|text_end|>\n<|audio_start|>\n")
@@ -109,8 +106,6 @@ def test_training_sequence_has_v1_word_blocks(oute):
         assert enc(oute, marker)[0] in seq, marker
 
 
-@pytest.mark.xfail(strict=True, reason="v1.0's prompt processor never uses <|space|> and its SpecialTokens do not "
-                                       "list it; the adapter refuses a tokenizer without it")
 def test_loads_a_tokenizer_with_only_v1_markers(tmp_path):
     from spade_tts.families.registry import load_speech_lm
 
@@ -119,9 +114,6 @@ def test_loads_a_tokenizer_with_only_v1_markers(tmp_path):
     assert load_speech_lm(path, "outetts").family == "outetts"
 
 
-@pytest.mark.xfail(strict=True, reason="upstream maps <|c1_0|>..<|c1_1024|> and <|c2_0|>..<|c2_1024|> "
-                                       "(PromptProcessor.get_audio_token_map, range(1025)); the adapter refuses c2 "
-                                       "blocks that do not start exactly 1,024 ids after c1")
 def test_loads_with_a_1025th_code_token(tmp_path):
     from spade_tts.families.registry import load_speech_lm
 
@@ -133,9 +125,6 @@ def test_loads_with_a_1025th_code_token(tmp_path):
     assert oute.ids_to_codes(oute.codes_to_ids(codes)).tolist() == codes.tolist()
 
 
-@pytest.mark.xfail(strict=True, reason="OuteTTS 1.0 decodes with ibm-research/DAC.speech.v1.0 "
-                                       "(weights_24khz_1.5kbps_v1.0.pth, dac/interface.py); the adapter downloads "
-                                       "descript's general 24 kHz model (dac.utils.download(model_type='24khz'))")
 def test_codec_is_ibm_dac_speech(oute, monkeypatch, tmp_path):
     loaded = []
     weights = tmp_path / "weights_24khz_1.5kbps_v1.0.pth"

@@ -98,12 +98,22 @@ class SpeechLM:
         raise NotImplementedError
 
     def ids_to_codes(self, ids: list[int]) -> np.ndarray:
-        """Generated speech-token ids (stop and extra ids dropped) -> codec codes."""
-        raise NotImplementedError
+        """Generated speech-token ids (stop and extra ids dropped) -> codec codes.
+
+        The default is a single code stream laid out contiguously from ``speech_start``;
+        families with several streams (Orpheus, OuteTTS, Spark-TTS) override it.
+        """
+        return np.asarray(self.speech_ids(list(ids)), dtype=np.int64) - self.layout.speech_start
 
     def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
-        """(input_ids, loss_from): one training sequence; labels start after position ``loss_from``."""
-        raise NotImplementedError
+        """(input_ids, loss_from): one training sequence; labels start after position ``loss_from``.
+
+        The default is what a decoder-only TTS is trained on: the synthesis prompt (which holds the
+        prompt's speech), then the target's speech tokens and the first stop id; the loss starts
+        right after the prompt, as generation does.
+        """
+        head = self.prompt_ids(target.text, prompt.text if prompt else "", prompt.codes if prompt else None)
+        return head + self.codes_to_ids(target.codes) + [self.layout.stop_ids[0]], len(head) - 1
 
     # -- codec hooks (need the family's codec package and weights) --------------------------------
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from spade_tts.families.base import SpeechLayout, SpeechLM, Utterance
+from spade_tts.families.base import SpeechLayout, SpeechLM
 from spade_tts.families.codec_hooks import require
-from spade_tts.families.hf import load_tokenizer, read_config, resolve_dtype
+from spade_tts.families.hf import link_or_copy, load_tokenizer, read_config, resolve_dtype
 
 SPEECH_TOKENS = 6561  # speech_token_size; token 6561 ends the speech, 6562/6563 are bistream fillers
 EXTRA_ROWS = 3
@@ -40,6 +40,11 @@ BLANK = "CosyVoice-BlankEN"
 LLM_FILE = "llm.pt"
 NEG = -1e4
 SAMPLE_RATE = 24000
+# what upstream's CosyVoice2Tokenizer (cosyvoice/tokenizer/tokenizer.py) adds to the BlankEN tokenizer at run time
+UPSTREAM_SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "additional_special_tokens": [
+    "<|im_start|>", "<|im_end|>", "<|endofprompt|>", "[breath]", "<strong>", "</strong>", "[noise]", "[laughter]",
+    "[cough]", "[clucking]", "[accent]", "[quick_breath]", "<laughter>", "</laughter>", "[hissing]", "[sigh]",
+    "[vocalized-noise]", "[lipsmack]", "[mn]"]}
 
 
 class CosyVoice2Output(dict):
@@ -112,7 +117,9 @@ class CosyVoice2SpeechLM(SpeechLM):
     @classmethod
     def detect(cls, path: Path) -> bool:
         path = Path(path)
-        return ((path / LLM_FILE).is_file() and read_config(path / BLANK).get("model_type") == "qwen2")
+        # upstream picks the model class by the yaml's name (cosyvoice.yaml / cosyvoice2.yaml / cosyvoice3.yaml)
+        return ((path / LLM_FILE).is_file() and (path / "cosyvoice2.yaml").is_file()
+                and read_config(path / BLANK).get("model_type") == "qwen2")
 
     @classmethod
     def from_pretrained(cls, path, dtype="auto", device: str = "cpu") -> "CosyVoice2SpeechLM":
@@ -145,8 +152,10 @@ class CosyVoice2SpeechLM(SpeechLM):
             dt = state["llm_decoder.weight"].dtype
         lm.to(device=device, dtype=dt).eval()
         tokenizer = load_tokenizer(path / BLANK)
+        tokenizer.add_special_tokens(UPSTREAM_SPECIALS)  # not saved: save_pretrained copies BlankEN's files as they were
         s = lm.speech_offset
-        layout = SpeechLayout(s, s + speech_size, (s + speech_size,))
+        # upstream Qwen2LM.stop_token_ids: eos (6561) and the two rows after it end a generation
+        layout = SpeechLayout(s, s + speech_size, tuple(s + speech_size + i for i in range(EXTRA_ROWS)))
         return cls(path, lm, tokenizer, layout)
 
     def save_pretrained(self, out) -> None:
@@ -166,9 +175,9 @@ class CosyVoice2SpeechLM(SpeechLM):
             if src.name in (LLM_FILE, BLANK) or src.name.startswith(".") or (out / src.name).exists():
                 continue
             if src.is_dir():
-                shutil.copytree(src, out / src.name, copy_function=_link_or_copy)
+                shutil.copytree(src, out / src.name, copy_function=link_or_copy)
             else:
-                _link_or_copy(src, out / src.name)
+                link_or_copy(src, out / src.name)
 
     # -- unified id space -----------------------------------------------------------------------------------
     @property
@@ -194,7 +203,7 @@ class CosyVoice2SpeechLM(SpeechLM):
         return ids
 
     def prompt_ids(self, text: str, prompt_text: str = "", prompt_codes: np.ndarray | None = None) -> list[int]:
-        ids = [self.sos_eos] + self._text(prompt_text + text) + [self.task_id]
+        ids = [self.sos_eos] + self._text(prompt_text) + self._text(text) + [self.task_id]
         if prompt_codes is not None and np.asarray(prompt_codes).size:
             ids += self.codes_to_ids(prompt_codes)
         return ids
@@ -206,12 +215,7 @@ class CosyVoice2SpeechLM(SpeechLM):
                              f"{codes.min()}..{codes.max()}")
         return (codes + self.layout.speech_start).tolist()
 
-    def ids_to_codes(self, ids: list[int]) -> np.ndarray:
-        return np.asarray(self.speech_ids(list(ids)), dtype=np.int64) - self.layout.speech_start
 
-    def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
-        head = self.prompt_ids(target.text, prompt.text if prompt else "", prompt.codes if prompt else None)
-        return head + self.codes_to_ids(target.codes) + [self.layout.stop_ids[0]], len(head) - 1
 
     # -- codec (speech tokenizer, flow and HiFT of the user's CosyVoice install) ----------------------------
     _frontend = None
@@ -226,11 +230,21 @@ class CosyVoice2SpeechLM(SpeechLM):
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Speech tokens of ``audio``; remembers its flow prompt (tokens, mel, speaker embedding) for decoding."""
-        from spade_tts.audio import resample, to_mono
+        import inspect
+        import tempfile
+
+        from spade_tts.audio import resample, save_wav, to_mono
 
         cv = self.cosyvoice()
-        wav = torch.from_numpy(resample(to_mono(audio), sample_rate, 16000)).float()[None]
-        inputs = cv.frontend.frontend_zero_shot("", "", wav, cv.sample_rate, "")
+        fz = cv.frontend.frontend_zero_shot
+        if "prompt_wav" in inspect.signature(fz).parameters:  # current upstream reads the prompt from a file
+            with tempfile.TemporaryDirectory() as tmp:
+                file = Path(tmp) / "prompt.wav"
+                save_wav(str(file), to_mono(audio), sample_rate)
+                inputs = fz("", "", str(file), cv.sample_rate, "")
+        else:  # earlier releases take the 16 kHz waveform
+            wav = torch.from_numpy(resample(to_mono(audio), sample_rate, 16000)).float()[None]
+            inputs = fz("", "", wav, cv.sample_rate, "")
         self.flow_prompt = {k: inputs[k] for k in ("flow_prompt_speech_token", "prompt_speech_feat", "flow_embedding")}
         return inputs["llm_prompt_speech_token"].reshape(-1).cpu().numpy().astype(np.int64)
 
@@ -241,16 +255,14 @@ class CosyVoice2SpeechLM(SpeechLM):
             raise ValueError("CosyVoice 2 decoding needs the voice prompt's mel and speaker embedding: give "
                              "--prompt-audio (not --prompt-codes)")
         token = torch.as_tensor(np.asarray(codes, dtype=np.int64)).reshape(1, -1)
-        with torch.no_grad():
-            wav = cv.model.token2wav(token=token, prompt_token=prompt["flow_prompt_speech_token"],
-                                     prompt_feat=prompt["prompt_speech_feat"], embedding=prompt["flow_embedding"],
-                                     token_offset=0, uuid=str(uuid.uuid4()), finalize=True)
+        key = str(uuid.uuid4())
+        cv.model.hift_cache_dict[key] = None  # upstream's tts() registers the stream before token2wav reads it
+        try:
+            with torch.no_grad():
+                wav = cv.model.token2wav(token=token, prompt_token=prompt["flow_prompt_speech_token"],
+                                         prompt_feat=prompt["prompt_speech_feat"], embedding=prompt["flow_embedding"],
+                                         token_offset=0, uuid=key, finalize=True)
+        finally:
+            cv.model.hift_cache_dict.pop(key, None)
         return wav.reshape(-1).float().cpu().numpy(), int(cv.sample_rate)
 
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spade_tts.families.base import SpeechLayout, Utterance
+from spade_tts.families.base import SpeechLayout
 from spade_tts.families.codec_hooks import load_callable
 from spade_tts.families.hf import HFSpeechLM
 
@@ -171,12 +171,7 @@ class GenericSpeechLM(HFSpeechLM):
             raise ValueError(f"codes must be in [0, {n}), got {codes.min()}..{codes.max()}")
         return (codes + self.layout.speech_start).tolist()
 
-    def ids_to_codes(self, ids: list[int]) -> np.ndarray:
-        return np.asarray(self.speech_ids(list(ids)), dtype=np.int64) - self.layout.speech_start
 
-    def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
-        head = self.prompt_ids(target.text, prompt.text if prompt else "", prompt.codes if prompt else None)
-        return head + self.codes_to_ids(target.codes) + [self.layout.stop_ids[0]], len(head) - 1
 
     # -- codec hooks ----------------------------------------------------------------------------------------
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:

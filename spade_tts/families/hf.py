@@ -136,3 +136,14 @@ class HFSpeechLM(SpeechLM):
             src = self.path / name
             if src.exists() and not (out / name).exists():
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / name)
+
+
+def link_or_copy(src, dst):
+    """Hard-link ``src`` to ``dst`` (large untouched files of a checkpoint cost no space), else copy it."""
+    import os
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spade_tts.families.base import SpeechLayout, Utterance
+from spade_tts.families.base import SpeechLayout
 from spade_tts.families.codec_hooks import require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
@@ -100,14 +100,7 @@ class LlasaSpeechLM(HFSpeechLM):
             raise ValueError(f"X-codec2 codes must be in [0, {NUM_CODES}), got {codes.min()}..{codes.max()}")
         return (codes + self.layout.speech_start).tolist()
 
-    def ids_to_codes(self, ids: list[int]) -> np.ndarray:
-        ids = np.asarray(self.speech_ids(list(ids)), dtype=np.int64)
-        return ids - self.layout.speech_start
 
-    def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
-        """Prompt (chat + prompt speech) + target speech + ``<|SPEECH_GENERATION_END|>``; loss after the prompt."""
-        head = self.prompt_ids(target.text, prompt.text if prompt else "", prompt.codes if prompt else None)
-        return head + self.codes_to_ids(target.codes) + [self.layout.stop_ids[0]], len(head) - 1
 
     # -- codec ----------------------------------------------------------------------------------------------
     _codec = None

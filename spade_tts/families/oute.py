@@ -35,7 +35,10 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 TEXT_START, TEXT_END = "<|text_start|>", "<|text_end|>"
 AUDIO_START, AUDIO_END = "<|audio_start|>", "<|audio_end|>"
 SPACE = "<|space|>"
-MARKERS = (IM_START, IM_END, TEXT_START, TEXT_END, AUDIO_START, AUDIO_END, SPACE)
+# what the v1.0 prompt uses (upstream outetts/version/v3); <|space|> belongs to 0.2/0.3 and is not required
+MARKERS = (IM_START, IM_END, TEXT_START, TEXT_END, AUDIO_START, AUDIO_END)
+# OuteTTS 1.0's codec: IBM's speech DAC (24 kHz, 1.5 kbps, 2 codebooks), as upstream's DacInterface downloads it
+DAC_REPO, DAC_FILE = "ibm-research/DAC.speech.v1.0", "weights_24khz_1.5kbps_v1.0.pth"
 
 
 def c1_token(k: int) -> str:
@@ -44,6 +47,21 @@ def c1_token(k: int) -> str:
 
 def c2_token(k: int) -> str:
     return f"<|c2_{k}|>"
+
+
+def merge_texts(speaker_text: str, text: str) -> str:
+    """The v1.0 prompt's text: the speaker's text, a sentence break unless it ends one, then the target text
+    (upstream ``PromptProcessor.merge_speaker_text``; whitespace collapsed, the rest of upstream's normalization
+    (ftfy, NFKC, quotes, dashes) is left to the caller)."""
+    speaker_text, text = " ".join(speaker_text.split()), " ".join(text.split())
+    if not speaker_text:
+        return text
+    cjk = any("\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff" for c in speaker_text)
+    if cjk:
+        sep = "" if speaker_text[-1] in "。？！?!" else "。"
+    else:
+        sep = " " if speaker_text[-1] in ".?!" else ". "
+    return speaker_text + sep + text
 
 
 class OuteSpeechLM(HFSpeechLM):
@@ -68,15 +86,16 @@ class OuteSpeechLM(HFSpeechLM):
         for tok in (c1_token, c2_token):
             if ids[tok(CODEBOOK - 1)] != ids[tok(0)] + CODEBOOK - 1:
                 raise ValueError(f"OuteTTS {tok(0)}..{tok(CODEBOOK - 1)} must be {CODEBOOK} contiguous ids")
-        if abs(ids[c2_token(0)] - ids[c1_token(0)]) != CODEBOOK:
+        # upstream maps <|c1_0|>..<|c1_1024|> (range(1025)); a tokenizer may carry the unused 1025th code
+        if abs(ids[c2_token(0)] - ids[c1_token(0)]) not in (CODEBOOK, CODEBOOK + 1):
             raise ValueError("OuteTTS c1 and c2 code blocks must be adjacent (one speech range of 2048 ids)")
         return {k: int(v) for k, v in ids.items()}
 
     @classmethod
     def make_layout(cls, tokenizer, config) -> SpeechLayout:
         ids = cls._ids(tokenizer)
-        start = min(ids[c1_token(0)], ids[c2_token(0)])
-        return SpeechLayout(start, start + 2 * CODEBOOK, (ids[AUDIO_END], ids[IM_END]))
+        first, last = sorted((ids[c1_token(0)], ids[c2_token(0)]))
+        return SpeechLayout(first, last + CODEBOOK, (ids[AUDIO_END], ids[IM_END]))
 
     @classmethod
     def from_pretrained(cls, path, dtype="auto", device: str = "cpu") -> "OuteSpeechLM":
@@ -91,8 +110,7 @@ class OuteSpeechLM(HFSpeechLM):
 
     def prompt_ids(self, text: str, prompt_text: str = "", prompt_codes: np.ndarray | None = None) -> list[int]:
         i, nl = self.ids, self._text("\n")
-        words = " ".join(t.strip() for t in (prompt_text, text) if t and t.strip()).split()
-        ids = [i[IM_START]] + nl + [i[TEXT_START]] + self._text(SPACE.join(words)) + [i[TEXT_END]] + nl
+        ids = [i[IM_START]] + nl + [i[TEXT_START]] + self._text(merge_texts(prompt_text, text)) + [i[TEXT_END]] + nl
         ids += [i[AUDIO_START]] + nl
         if prompt_codes is not None and np.asarray(prompt_codes).size:
             ids += self.codes_to_ids(prompt_codes)
@@ -134,10 +152,14 @@ class OuteSpeechLM(HFSpeechLM):
     _codec = None
 
     def codec(self):
-        """DAC 24 kHz (``descript-audio-codec``), loaded once from SPADE_DAC (a weights file) or dac's download."""
+        """IBM's DAC.speech.v1.0 (``descript-audio-codec`` code), loaded once from SPADE_DAC or the HF cache."""
         if OuteSpeechLM._codec is None:
             dac = require("dac", "descript-audio-codec", "OuteTTS (DAC 24 kHz)")
-            path = os.environ.get("SPADE_DAC") or dac.utils.download(model_type="24khz")
+            path = os.environ.get("SPADE_DAC")
+            if not path:
+                hub = require("huggingface_hub", "huggingface_hub", "OuteTTS (DAC.speech.v1.0 weights)",
+                              purpose=f"find {DAC_REPO}/{DAC_FILE} (or set SPADE_DAC to that file)")
+                path = hub.hf_hub_download(repo_id=DAC_REPO, filename=DAC_FILE)
             OuteSpeechLM._codec = dac.DAC.load(str(path)).eval()
         return OuteSpeechLM._codec
 

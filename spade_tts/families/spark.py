@@ -35,7 +35,7 @@ import torch
 
 from spade_tts.families.base import SpeechLayout, Utterance
 from spade_tts.families.codec_hooks import require
-from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
+from spade_tts.families.hf import link_or_copy, HFSpeechLM, read_config, tokenizer_vocab
 
 SEMANTIC_CODES, GLOBAL_CODES, GLOBAL_LEN = 8192, 4096, 32
 GLOBAL_OFFSET = SEMANTIC_CODES  # packed codes: global code g is stored as 8192 + g
@@ -93,13 +93,6 @@ def _llm_dir(path: Path) -> Path:
     path = Path(path)
     return path / "LLM" if (path / "LLM" / "config.json").is_file() else path
 
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
 
 
 class SparkSpeechLM(HFSpeechLM):
@@ -159,9 +152,9 @@ class SparkSpeechLM(HFSpeechLM):
             if src.name in ("LLM",) or src.name.startswith(".") or (out / src.name).exists():
                 continue
             if src.is_dir():
-                shutil.copytree(src, out / src.name, copy_function=_link_or_copy)
+                shutil.copytree(src, out / src.name, copy_function=link_or_copy)
             else:
-                _link_or_copy(src, out / src.name)
+                link_or_copy(src, out / src.name)
 
     # -- sequences ----------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
