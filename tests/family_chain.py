@@ -219,3 +219,13 @@ def save_tiny_qwen2(out: Path, vocab_size: int, tokenizer, layers: int = 4, hidd
     if tokenizer is not None:
         save_tokenizer(tokenizer, out)
     return out
+
+
+def skip_if_installed(module: str) -> None:
+    """A codec-missing test can only show its error where the codec package is absent."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here, so the missing-package error cannot be shown")

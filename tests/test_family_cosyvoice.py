@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from family_chain import QWEN2_SPECIALS, run_chain, save_tiny_qwen2, word_level_tokenizer
+from family_chain import skip_if_installed
 
 QWEN_VOCAB = 151936
 SPEECH = QWEN_VOCAB + 2  # unified id of speech token 0
@@ -160,11 +161,7 @@ def test_pruned_save_reload_keeps_depth_and_weights(cv, tmp_path):
 
 
 def test_codec_missing_is_one_clear_line(cv):
-    try:
-        import cosyvoice  # noqa: F401
-        pytest.skip("cosyvoice is installed here")
-    except ImportError:
-        pass
+    skip_if_installed("cosyvoice")
     with pytest.raises(ImportError, match="cosyvoice"):
         cv.encode_audio(np.zeros(1600, dtype=np.float32), 16000)
 

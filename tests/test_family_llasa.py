@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from family_chain import (LLAMA3_CHAT_TEMPLATE, LLAMA3_SPECIALS, LLAMA3_TEXT_VOCAB, run_chain, save_tiny_llama,
-                          word_level_tokenizer)
+                          skip_if_installed, word_level_tokenizer)
 
 LLASA_VOCAB = 193800
 LLASA_SPECIALS = ["<|TEXT_GENERATION_START|>", "<|TEXT_GENERATION_END|>", "<|TEXT_UNDERSTANDING_START|>",
@@ -88,11 +88,7 @@ def test_training_sequence(llasa):
 
 
 def test_codec_missing_is_one_clear_line(llasa):
-    try:
-        import xcodec2  # noqa: F401
-        pytest.skip("xcodec2 is installed here")
-    except ImportError:
-        pass
+    skip_if_installed("xcodec2")
     with pytest.raises(ImportError, match="pip install xcodec2"):
         llasa.decode_audio(np.array([1, 2, 3]))
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from family_chain import LLAMA3_SPECIALS, LLAMA3_TEXT_VOCAB, run_chain, save_tiny_llama, word_level_tokenizer
+from family_chain import skip_if_installed
 
 ORPHEUS_VOCAB = 156940
 AUDIO = 128266
@@ -81,11 +82,7 @@ def test_generation_follows_frame_positions(orpheus):
 
 
 def test_codec_missing_is_one_clear_line(orpheus):
-    try:
-        import snac  # noqa: F401
-        pytest.skip("snac is installed here")
-    except ImportError:
-        pass
+    skip_if_installed("snac")
     with pytest.raises(ImportError, match="pip install snac"):
         orpheus.decode_audio(np.zeros((1, 7), dtype=np.int64))
 

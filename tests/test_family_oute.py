@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from family_chain import LLAMA3_SPECIALS, LLAMA3_TEXT_VOCAB, WORDS, run_chain, save_tiny_llama, word_level_tokenizer
+from family_chain import skip_if_installed
 
 OUTE_VOCAB = 134400
 MARKERS = ["<|im_start|>", "<|im_end|>", "<|text_start|>", "<|text_end|>", "<|audio_start|>", "<|audio_end|>",
@@ -97,11 +98,7 @@ def test_generation_alternates_codebooks(oute):
 
 
 def test_codec_missing_is_one_clear_line(oute):
-    try:
-        import dac  # noqa: F401
-        pytest.skip("dac is installed here")
-    except ImportError:
-        pass
+    skip_if_installed("dac")
     with pytest.raises(ImportError, match="descript-audio-codec"):
         oute.decode_audio(np.zeros((2, 3), dtype=np.int64))
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from family_chain import QWEN2_SPECIALS, run_chain, save_tiny_qwen2, word_level_tokenizer
+from family_chain import skip_if_installed
 
 SPARK_VOCAB = 166000
 CONTROL_IDS = {"<|task_tts|>": 151665, "<|start_content|>": 151666, "<|end_content|>": 151667,
@@ -136,11 +137,7 @@ def test_save_keeps_checkpoint_layout(spark, tmp_path):
 
 
 def test_codec_missing_is_one_clear_line(spark):
-    try:
-        import sparktts  # noqa: F401
-        pytest.skip("sparktts is installed here")
-    except ImportError:
-        pass
+    skip_if_installed("sparktts")
     with pytest.raises(ImportError, match="sparktts"):
         spark.decode_audio(np.concatenate([8192 + np.arange(32), [1, 2]]))
 
