@@ -1,7 +1,18 @@
-"""Decode speed of the built-in reference LM: HF generate, the synth.py-style HF loop, StaticDecoder.
+"""Decode speed: HF generate, the synth.py-style HF loop, StaticDecoder (eager, CUDA graphs, compiled).
 
-    python3 benchmarks/decode_speed.py                      # CPU, float32, batch 1 and 8
-    python3 benchmarks/decode_speed.py --device cuda --dtype bf16 --compile
+    python3 benchmarks/decode_speed.py                      # built-in model, CPU, float32, batch 1 and 8
+    python3 benchmarks/decode_speed.py --device cuda --dtype bf16 --shape llasa-1b \
+        --methods hf_generate,static_speech,static_graphs_full,static_graphs --compile --compile-batches 1
+    python3 benchmarks/decode_speed.py ... --shape llasa-1b --layers 8   # the half-depth student's shape
+
+``--shape`` picks the model: ``builtin`` (the committed reference weights) or the LM of a real
+family built from its published config with random weights (no checkpoint can be fetched
+offline; decode speed does not depend on the weights' values): ``llasa-1b`` (Llama-3.2-1B
+body, 16 x 2048, GQA 32/8, vocabulary 193,800 with the 65,536 X-codec2 tokens at the end) and
+``cosyvoice2-lm`` (CosyVoice 2's Qwen2-0.5B body, 24 x 896, GQA 14/2, q/k/v biases, with the
+6,564 speech rows after the 151,936 text ids plus sos/eos and task id, as spade's unified view
+lays them out). ``--layers N`` keeps the first N layers (a pruned student's speed; which layers
+are kept does not change it).
 
 Greedy, fixed length (``--new-tokens``, default 300) after a prompt of ``--prompt-len`` tokens
 (default 300; batch rows are left-padded to lengths spread over the last 15 %, as synth.py's
@@ -15,7 +26,14 @@ reported too, as it is less sensitive to other jobs on a shared machine. Methods
   static_full     spade_tts.decoding.StaticDecoder, full output head
   static_speech   StaticDecoder with the head trimmed to the control tokens 0..5 and the speech
                   tokens 48..4143 (what a speech step can emit apart from phones)
-  static_compiled StaticDecoder(compile=True), only with --compile (meant for CUDA graphs)
+  static_graphs_full  StaticDecoder(cuda_graphs=True), full head (CUDA only)
+  static_graphs   StaticDecoder(cuda_graphs=True), trimmed head (CUDA only)
+  static_fused    static_speech with fuse_projections=True (one q/k/v and one gate/up matmul per layer)
+  static_graphs_fused  static_graphs with fuse_projections=True (CUDA only)
+  static_compiled StaticDecoder(compile=True), torch's reduce-overhead CUDA graphs, trimmed head
+  static_compiled_graphs  StaticDecoder(compile=True, cuda_graphs=True): inductor-fused step in
+                  our own graph, trimmed head; with --compile on CUDA (CPU: static_compiled);
+                  --fuse adds fuse_projections
 
 The prompt is random speech tokens after <bos> (seeded): decode speed does not depend on content.
 The JSON (``--json``) names the machine; on a shared machine, pass ``--threads`` to pin torch's
@@ -45,6 +63,57 @@ MODEL_DIR = ROOT / "spade_tts" / "assets" / "reference"
 SPEECH_OFFSET = 48
 CONTROL = 6  # ids 0..5: pad, bos, ..., speech_end/eos
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# published configs of the families' LMs (the fields that set the compute); speech rows = what a speech step may emit
+SHAPES = {
+    "llasa-1b": dict(cls="llama", description="LLaSA-1B LM (Llama-3.2-1B body, 16 x 2048, GQA 32/8, vocab 193,800)",
+                     config=dict(vocab_size=193800, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+                                 max_position_embeddings=131072, tie_word_embeddings=True,
+                                 rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0,
+                                                      low_freq_factor=1.0, high_freq_factor=4.0,
+                                                      original_max_position_embeddings=8192)),
+                     speech_rows=(128256, 193800), prompt_ids=(128264, 193800),  # 8 specials + 65,536 codes
+                     audio_tokens_per_s=50.0),  # X-codec2
+    "cosyvoice2-lm": dict(cls="qwen2", description="CosyVoice 2 LM (Qwen2-0.5B body, 24 x 896, GQA 14/2, "
+                                                   "vocab 151,936 + 2 + 6,564 speech rows)",
+                          config=dict(vocab_size=151936 + 2 + 6564, hidden_size=896, intermediate_size=4864,
+                                      num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                      rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False,
+                                      rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+                          speech_rows=(151938, 158502), prompt_ids=(151938, 158499),
+                          audio_tokens_per_s=25.0),  # speech_tokenizer_v2
+}
+
+
+TRIMMED = ("static_speech", "static_graphs", "static_fused", "static_graphs_fused", "static_compiled",
+           "static_compiled_graphs")
+
+
+def build_model(shape: str, layers: int, dtype, device):
+    """(model, speech rows, prompt id range, description): the built-in weights or a random-weight family LM."""
+    if shape == "builtin":
+        from transformers import LlamaForCausalLM
+        model = LlamaForCausalLM.from_pretrained(MODEL_DIR, dtype=dtype).to(device).eval()
+        vocab = model.config.vocab_size
+        desc = "built-in reference (LlamaForCausalLM, 12 x 320, vocab 4144)"
+        rows, prompt_ids = list(range(CONTROL)) + list(range(SPEECH_OFFSET, vocab)), (SPEECH_OFFSET, vocab)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+        spec = SHAPES[shape]
+        cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[spec["cls"]]
+        config = cfg_cls(**spec["config"])
+        torch.manual_seed(0)
+        with torch.device(device):  # initialised where it runs: a 1B model's CPU init alone takes a minute
+            model = model_cls(config).to(dtype).eval()
+        desc = spec["description"]
+        rows, prompt_ids = slice(*spec["speech_rows"]), spec["prompt_ids"]
+    if layers:
+        if not 0 < layers <= model.config.num_hidden_layers:
+            raise SystemExit(f"--layers {layers}: the model has {model.config.num_hidden_layers}")
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        desc += f", first {layers} layers kept"
+    return model, rows, prompt_ids, desc
 
 
 def cpu_model() -> str:
@@ -57,14 +126,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def make_prompts(batch: int, length: int, vocab: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def make_prompts(batch: int, length: int, id_range: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(batch)
     ids = torch.zeros(batch, length, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for b in range(batch):
         n = length - (b * int(0.15 * length)) // max(1, batch - 1) if batch > 1 else length
         ids[b, length - n] = 1  # <bos>
-        ids[b, length - n + 1:] = torch.randint(SPEECH_OFFSET, vocab, (n - 1,), generator=g)
+        ids[b, length - n + 1:] = torch.randint(*id_range, (n - 1,), generator=g)
         mask[b, length - n:] = 1
     return ids.to(device), mask.to(device)
 
@@ -94,13 +163,13 @@ def hf_loop(model, ids, mask, n):
     return torch.stack(toks, 1)
 
 
-def static_runner(head_rows=None, compile=False):
+def static_runner(head_rows=None, **options):
     decoders: dict = {}
 
     def run(model, ids, mask, n):
         key = (ids.shape[0], ids.shape[1] + n)
         if key not in decoders:  # built once per shape, like a server keeps one (and compiles once)
-            decoders[key] = StaticDecoder(model, ids.shape[0], ids.shape[1] + n, head_rows=head_rows, compile=compile)
+            decoders[key] = StaticDecoder(model, ids.shape[0], ids.shape[1] + n, head_rows=head_rows, **options)
         dec = decoders[key]
         logits, toks = dec.prefill(ids, mask), []
         for i in range(n):
@@ -135,29 +204,45 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     ap.add_argument("--methods", default="hf_generate,hf_loop,static_full,static_speech")
     ap.add_argument("--compile", action="store_true", help="also time StaticDecoder(compile=True)")
+    ap.add_argument("--compile-batches", default="", help="time the compiled method only at these batch sizes "
+                    "(each batch size compiles anew; default: all)")
+    ap.add_argument("--fuse", action="store_true", help="the compiled method fuses q/k/v and gate/up matmuls")
+    ap.add_argument("--shape", choices=["builtin", *SHAPES], default="builtin")
+    ap.add_argument("--layers", type=int, default=0, help="keep the first N layers (0: all)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "decode_speed_cpu.json"))
     args = ap.parse_args(argv)
 
-    from transformers import LlamaForCausalLM
     import transformers
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    model = LlamaForCausalLM.from_pretrained(MODEL_DIR, dtype=dtype).to(device).eval()
+    model, speech_rows, prompt_ids, model_desc = build_model(args.shape, args.layers, dtype, device)
+    audio_rate = SHAPES[args.shape]["audio_tokens_per_s"] if args.shape in SHAPES else 100.0
     vocab = model.config.vocab_size
-    speech_rows = list(range(CONTROL)) + list(range(SPEECH_OFFSET, vocab))
     methods = {
         "hf_generate": hf_generate,
         "hf_loop": hf_loop,
         "static_full": static_runner(),
         "static_speech": static_runner(head_rows=speech_rows),
+        "static_graphs_full": static_runner(cuda_graphs=True),
+        "static_graphs": static_runner(head_rows=speech_rows, cuda_graphs=True),
+        "static_fused": static_runner(head_rows=speech_rows, fuse_projections=True),
+        "static_graphs_fused": static_runner(head_rows=speech_rows, cuda_graphs=True, fuse_projections=True),
     }
     chosen = [m for m in args.methods.split(",") if m]
+    compiled = None
     if args.compile:
-        methods["static_compiled"] = static_runner(compile=True)
-        chosen.append("static_compiled")
+        graphs = device.type == "cuda"
+        compiled = "static_compiled_graphs" if graphs else "static_compiled"
+        methods[compiled] = static_runner(head_rows=speech_rows, compile=True, cuda_graphs=graphs,
+                                          fuse_projections=args.fuse)
+        chosen.append(compiled)
+    unknown = [m for m in chosen if m not in methods]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {sorted(methods)}")
+    compile_batches = {int(b) for b in args.compile_batches.split(",") if b}
 
     machine = {
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
@@ -166,53 +251,73 @@ def main(argv=None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    setup = {"model": "built-in reference (LlamaForCausalLM, 12 x 320, vocab 4144)", "prompt_len": args.prompt_len,
+    n_rows = len(range(vocab)[speech_rows]) if isinstance(speech_rows, slice) else len(speech_rows)
+    setup = {"model": model_desc, "shape": args.shape, "layers": model.config.num_hidden_layers,
+             "parameters": sum(p.numel() for p in model.parameters()), "prompt_len": args.prompt_len,
              "new_tokens": args.new_tokens, "repeats": args.repeats, "greedy": True,
              "tokens_per_s": "batch * new_tokens / wall time of the whole call, prefill included; median of repeats",
              "tokens_per_cpu_s": "the same over the process CPU time of the call",
-             "static_speech_rows": f"0..{CONTROL - 1} and {SPEECH_OFFSET}..{vocab - 1} ({len(speech_rows)} rows)"}
+             "trimmed_head_rows": n_rows, "vocab_size": vocab, "audio_tokens_per_s": audio_rate,
+             "rtf_lm": "audio tokens/s x wall seconds per new token of one row (batch x tokens/s per item)",
+             "peak_mem_mib": "torch.cuda.max_memory_allocated over the method's warm-up and one full call"}
     results = []
     print(f"# {machine['device_name']} ({machine['platform']}, {machine['cpu_count']} CPUs, "
           f"{machine['torch_threads']} torch threads), torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, {args.dtype}; prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy")
+          f"{transformers.__version__}, {args.dtype}; {model_desc}; prompt {args.prompt_len}, {args.new_tokens} "
+          f"new tokens, greedy", flush=True)
     for batch in [int(b) for b in args.batches.split(",")]:
-        ids, mask = make_prompts(batch, args.prompt_len, vocab, device)
-        for name in chosen:
+        ids, mask = make_prompts(batch, args.prompt_len, prompt_ids, device)
+        here = [m for m in chosen if m != compiled or not compile_batches or batch in compile_batches]
+        peaks = {}
+        for name in here:
+            t0 = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             timed(methods[name], model, ids, mask, args.warmup_tokens, device)
-            if name == "static_compiled":  # the CUDA graphs are recorded for this decoder's shape
-                timed(methods[name], model, ids, mask, args.new_tokens, device)
-        walls = {m: [] for m in chosen}
-        cpus = {m: [] for m in chosen}
+            timed(methods[name], model, ids, mask, args.new_tokens, device)  # graphs are recorded per shape
+            if device.type == "cuda":  # weights + this method's cache, activations and graph pool
+                peaks[name] = torch.cuda.max_memory_allocated(device)
+            print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        walls = {m: [] for m in here}
+        cpus = {m: [] for m in here}
         toks = {}
         for _ in range(args.repeats):  # round robin, so that every method sees the same load
-            for name in chosen:
+            for name in here:
                 wall, cpu, toks[name] = timed(methods[name], model, ids, mask, args.new_tokens, device)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
-        # hf_generate differs after an <eos> (min_new_tokens forbids it), static_speech after a phone
-        # token (it cannot emit one); the fixed-length HF loop is the reference for the others
-        ref_name = "hf_loop" if "hf_loop" in chosen else chosen[0]
-        for name in chosen:
+        # full-head methods are compared with the fixed-length HF loop (or HF generate, which differs after an
+        # <eos>: min_new_tokens forbids it); trimmed-head ones with the first trimmed one (they cannot emit the
+        # text tokens a random-weight full head picks)
+        full_ref = "hf_loop" if "hf_loop" in here else here[0]
+        trimmed_ref = next((m for m in here if m in TRIMMED), None)
+        for name in here:
+            ref_name = trimmed_ref if name in TRIMMED else full_ref
             med, med_cpu = statistics.median(walls[name]), statistics.median(cpus[name])
             same = float((toks[name] == toks[ref_name]).float().mean())
             row = {"batch": batch, "method": name, "tokens_per_s": batch * args.new_tokens / med,
                    "ms_per_step": 1e3 * med / args.new_tokens,
                    "tokens_per_cpu_s": batch * args.new_tokens / med_cpu, "seconds": walls[name],
-                   "cpu_seconds": cpus[name], "same_tokens_as": ref_name, "same_tokens_fraction": same}
+                   "cpu_seconds": cpus[name], "same_tokens_as": ref_name, "same_tokens_fraction": same,
+                   # LM-only real-time factor of one item: decode seconds per second of the codec's audio
+                   "rtf_lm": audio_rate * med / args.new_tokens,
+                   "peak_mem_mib": round(peaks[name] / 2 ** 20, 1) if name in peaks else None}
             results.append(row)
+            mem = f"  peak {row['peak_mem_mib']:.0f} MiB" if row["peak_mem_mib"] is not None else ""
             print(f"batch {batch:2d}  {name:16s} {row['tokens_per_s']:9.1f} tok/s  {row['ms_per_step']:7.2f} ms/step  "
-                  f"{row['tokens_per_cpu_s']:9.1f} tok/CPU-s  same tokens as {ref_name}: {100 * same:.1f} %",
-                  flush=True)
+                  f"RTF(LM) {row['rtf_lm']:.3f}  {row['tokens_per_cpu_s']:9.1f} tok/CPU-s{mem}  same tokens as "
+                  f"{ref_name}: {100 * same:.1f} %", flush=True)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
+    base = "hf_loop" if "hf_loop" in chosen else "hf_generate"
     for key, title in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU-second")):
-        print(f"\n{title}\n| batch | " + " | ".join(chosen) + " | static_speech / hf_loop |")
+        print(f"\n{title}\n| batch | " + " | ".join(chosen) + f" | fastest / {base} |")
         print("|---|" + "---|" * (len(chosen) + 1))
         for batch in sorted({r["batch"] for r in results}):
             rows = {r["method"]: r for r in results if r["batch"] == batch}
-            cells = [f"{rows[m][key]:.1f}" for m in chosen]
-            ratio = (f"{rows['static_speech'][key] / rows['hf_loop'][key]:.2f}x"
-                     if "static_speech" in rows and "hf_loop" in rows else "-")
+            cells = [f"{rows[m][key]:.1f}" if m in rows else "-" for m in chosen]
+            best = max((r for m, r in rows.items() if m.startswith("static")), key=lambda r: r[key], default=None)
+            ratio = f"{best[key] / rows[base][key]:.2f}x ({best['method']})" if best and base in rows else "-"
             print(f"| {batch} | " + " | ".join(cells) + f" | {ratio} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

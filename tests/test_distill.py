@@ -368,6 +368,26 @@ def test_run_lowers_the_loss_and_exports_a_loadable_checkpoint(tiny, tmp_path):
     assert res.stdout.strip().splitlines()[-1] == "8"
 
 
+def test_time_budget_stops_at_a_low_lr_checkpoints_and_exports(tiny, tmp_path):
+    from spade_tts.schedule import warmup_cosine
+
+    assert warmup_cosine(0, 2, 100, 0.1) == 0.5 and warmup_cosine(2, 2, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 2, 100, 0.1, time_progress=1.0) == pytest.approx(0.1)  # time ran out first
+    assert warmup_cosine(99, 2, 100, 0.1, time_progress=0.2) == pytest.approx(warmup_cosine(99, 2, 100, 0.1))
+
+    out = tmp_path / "budget"
+    final = distill(_cfg(tiny, out, steps=50, time_budget_minutes=1e-4))  # 6 ms: over after the first step
+    summary = json.loads((final / "spade_distill.json").read_text())
+    assert summary["stopped_by"] == "time_budget" and summary["steps"] == 1 and summary["planned_steps"] == 50
+    assert latest_checkpoint(out).name == "step-00000001"
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True), GradientState._reset_state(), PartialState._reset_state()
+    again = distill(_cfg(tiny, out, steps=50, time_budget_minutes=1e-4))  # the budget is spent: nothing more
+    assert json.loads((again / "spade_distill.json").read_text())["steps"] == 1
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1]
+
+
 class Killed(Exception):
     pass
 

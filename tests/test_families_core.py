@@ -150,3 +150,31 @@ def test_prune_rejects_scores_of_another_family_model(tmp_path, generic_dir):
     with pytest.raises(ValueError, match="another model"):
         prune_checkpoint(PruneConfig(model=str(other), scores=str(tmp_path / "s.json"), metric="tf_loss_rise",
                                      keep=2, out=str(tmp_path / "p")))
+
+
+def test_repetition_aware_sampling_redraws_only_repeats():
+    """CosyVoice 2's rule: a nucleus draw that repeats a recent token is redrawn from the whole distribution."""
+    import torch
+
+    from spade_tts.families.base import GenerationConfig
+    from spade_tts.families.generate import repetition_aware
+
+    rows = torch.tensor([100, 101, 102, 103])
+    logits = torch.log(torch.tensor([[0.4, 0.2, 0.2, 0.2]])).repeat(60, 1)
+    cols = torch.zeros(60, dtype=torch.long)  # the nucleus picked token 100 in every row
+    cfg = GenerationConfig(temperature=1.0, ras_window=10, ras_tau=0.1)
+    gen = torch.Generator().manual_seed(0)
+    fresh = repetition_aware(cols, logits, rows, [[101, 102]] * 60, cfg, gen)
+    assert torch.equal(fresh, cols)  # 100 is not among the recent tokens: kept
+    redrawn = repetition_aware(cols, logits, rows, [[100] + [101] * 10] * 30 + [[100, 101]] * 30, cfg, gen)
+    assert torch.equal(redrawn[:30], cols[:30])  # 100 lies 11 tokens back, outside the window of 10
+    assert (redrawn[30:] != 0).sum() >= 10  # redrawn from 0.4/0.2/0.2/0.2: most leave token 100
+    off = GenerationConfig(temperature=1.0)
+    assert torch.equal(repetition_aware(cols, logits, rows, [[100]] * 60, off, gen), cols)
+
+
+def test_cosyvoice2_defaults_are_upstreams_sampling():
+    from spade_tts.families.cosyvoice import CosyVoice2SpeechLM
+
+    cfg = CosyVoice2SpeechLM.generation_defaults(object.__new__(CosyVoice2SpeechLM), seed=3)
+    assert (cfg.top_p, cfg.top_k, cfg.ras_window, cfg.ras_tau, cfg.temperature, cfg.seed) == (0.8, 25, 10, 0.1, 1.0, 3)

@@ -81,16 +81,19 @@ def test_greedy_matches_hf_generate(arch):
             assert torch.equal(generate_greedy(model, ids, mask, 12), ref), (arch, lengths)
             static = StaticDecoder(model, 4, 32, static_shapes=True)  # the CUDA-graph shape, run eagerly
             assert torch.equal(generate_greedy(model, ids, mask, 12, decoder=static), ref), (arch, lengths)
+            fused = StaticDecoder(model, 4, 32, fuse_projections=True)
+            assert torch.equal(generate_greedy(model, ids, mask, 12, decoder=fused), ref), (arch, lengths)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("static_shapes", [False, True])
-def test_logits_match_hf_forward(arch, static_shapes):
+@pytest.mark.parametrize("fuse", [False, True])
+def test_logits_match_hf_forward(arch, static_shapes, fuse):
     model = make_model(arch)
     ids, mask = padded_batch([8, 3, 6])
     feed = [torch.randint(1, VOCAB, (3,), generator=torch.Generator().manual_seed(s)) for s in range(6)]
     ref = hf_logits(model, ids, mask, feed)
-    got = static_logits(StaticDecoder(model, 3, 14, static_shapes=static_shapes), ids, mask, feed)
+    got = static_logits(StaticDecoder(model, 3, 14, static_shapes=static_shapes, fuse_projections=fuse), ids, mask, feed)
     for r, g in zip(ref, got):
         assert g.shape == r.shape
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)

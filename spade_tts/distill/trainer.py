@@ -38,6 +38,7 @@ import torch
 from spade_tts.distill.data import TokenDataset, build_reference_dataset, check_fraction, describe
 from spade_tts.distill.losses import KD_TYPES, TERMS, DistillLoss, LossWeights
 from spade_tts.distill.matching import MODES, PRUNING_FILE, layer_matching, read_pruning_record
+from spade_tts.schedule import warmup_cosine
 
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
 PRECISIONS = ("no", "bf16", "fp16")
@@ -70,6 +71,8 @@ class DistillConfig:
     batch_size: int = 8  # sequences per process per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size * grad_accum * processes
     max_grad_norm: float = 1.0  # 0 = no clipping
+    time_budget_minutes: float = 0.0  # stop, checkpoint and export after this much training time (0 = none);
+    #                                   the cosine then follows time, so the run still ends at a low lr
     mixed_precision: str | bool = "no"  # no | bf16 | fp16 (autocast; master weights stay fp32); YAML reads no as false
     gradient_checkpointing: bool = False  # recompute student layers in backward (large models)
     device: str = "auto"  # auto | cpu (accelerate launch decides the GPU of each process)
@@ -106,6 +109,8 @@ def check_config(cfg: DistillConfig) -> tuple[Path, Path, dict]:
         raise FileNotFoundError(f"teacher folder {teacher} not found or has no config.json")
     record = read_pruning_record(student)
     check_fraction(cfg.data_fraction)
+    if cfg.time_budget_minutes < 0:
+        raise ValueError(f"time_budget_minutes={cfg.time_budget_minutes} must be >= 0 (0 = no limit)")
     if cfg.mixed_precision is False:  # `mixed_precision=no` arrives as YAML's boolean false
         cfg.mixed_precision = "no"
     for name, value, allowed in (("matching", cfg.matching, MODES), ("kd", cfg.kd, KD_TYPES),
@@ -128,12 +133,9 @@ def loss_weights(cfg: DistillConfig) -> LossWeights:
     return LossWeights(**{t: getattr(cfg, f"w_{t}") for t in TERMS})
 
 
-def lr_factor(step: int, cfg: DistillConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(step: int, cfg: DistillConfig, time_progress: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` at ``steps`` (or at the time budget)."""
+    return warmup_cosine(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio, time_progress)
 
 
 def family_of(cfg: DistillConfig, teacher_dir: Path) -> str | None:
@@ -371,7 +373,9 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     # Not prepared by accelerate (which would step it once per process); saved through register_for_checkpointing.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    budget = 60 * cfg.time_budget_minutes
+    progress = [0.0]  # share of the time budget used, read by the schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, progress[0]))
     loss_fn = DistillLoss(teacher, student, match, weights, cfg.kd, cfg.temperature, cfg.skew_beta,
                           teacher_context=accelerator.autocast)  # hooks go on the raw modules, before wrapping
     model, optimizer = accelerator.prepare(student, optimizer)
@@ -407,9 +411,14 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
     start, last_good = time.time(), (str(ckpt) if ckpt else None)
     terms_order = ["loss"] + weights.enabled()
 
+    def over_budget() -> bool:
+        if budget > 0:
+            progress[0] = (elapsed + time.time() - start) / budget
+        return progress[0] >= 1.0
+
     def state_now() -> dict:
         return {"step": step, "global_batch": global_batch, "data": data_id, "models": models_id,
-                "data_position": step * global_batch, "elapsed_seconds": round(elapsed + time.time() - start, 1),
+                "data_position": step * global_batch, "elapsed_seconds": round(elapsed + time.time() - start, 3),
                 "world_size": world}
 
     def stop(what: str, value: float, detail: str) -> None:
@@ -418,7 +427,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                            f"{where}: rerun with a lower lr= (now {cfg.lr:g}) or mixed_precision=no to resume from it")
 
     try:
-        while step < cfg.steps:
+        while step < cfg.steps and not over_budget():
             sums = torch.zeros(len(terms_order), device=accelerator.device)
             tokens = 0
             for micro in range(cfg.grad_accum):
@@ -443,6 +452,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                     stop("the gradient norm", grad_norm, f"loss={float(sums[0]):.4g}")
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
+            over = over_budget()  # also sets the schedule's time progress for the next step
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -460,10 +470,13 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                     for k in terms_order + ["lr"]:
                         tb.add_scalar(f"train/{k}", rec[k], step)
                 bar.set_postfix({k: f"{rec[k]:.3g}" for k in terms_order})
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if step % cfg.save_every == 0 or step == cfg.steps or over:
                 last_good = str(save_checkpoint(accelerator, out, step, state_now(), cfg.keep_checkpoints))
             if on_step is not None:
                 on_step(step, rec)
+            if over and main:
+                print(f"time budget of {cfg.time_budget_minutes:g} min reached at step {step} of {cfg.steps}; "
+                      "exporting the student as it is")
     finally:
         bar.close()
         if log is not None:
@@ -474,7 +487,8 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
 
     summary = {"format": "spade-distill/1", "teacher": str(cfg.teacher or "built-in"), "student": str(student_dir),
                "kept": record["kept"], "teacher_layers": record["teacher_layers"], "matching": cfg.matching,
-               "match": match, "steps": step, "global_batch": global_batch, "processes": world,
+               "match": match, "steps": step, "planned_steps": cfg.steps, "global_batch": global_batch,
+               "processes": world, "stopped_by": "steps" if step >= cfg.steps else "time_budget",
                "wall_seconds": state_now()["elapsed_seconds"], "data": data.meta, "config": asdict(cfg)}
     final = export_final(accelerator, model, student_dir, out, cfg, summary)
     if main:

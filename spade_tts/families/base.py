@@ -40,13 +40,29 @@ class SpeechLayout:
         return torch.tensor(sorted(rows), dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class Word:
+    """One spoken word of an utterance and where it lies in the audio (seconds from the start)."""
+
+    word: str
+    start: float
+    end: float
+    features: dict | None = None  # per-word acoustic features, when a family computes them (OuteTTS 1.0)
+
+
 @dataclass
 class Utterance:
-    """One (text, speech) example in a family's own terms: ``codes`` as its codec gives them."""
+    """One (text, speech) example in a family's own terms: ``codes`` as its codec gives them.
+
+    ``words`` (per-word timings) and ``features`` (utterance-level acoustic features) are optional;
+    families whose sequences interleave words and speech (OuteTTS 1.0) need the timings.
+    """
 
     text: str
     codes: np.ndarray  # the codec's codes, shape as the family's codec uses them
     speaker: str = ""
+    words: list[Word] | None = None
+    features: dict | None = None
 
 
 @dataclass
@@ -58,6 +74,17 @@ class GenerationConfig:
     greedy: bool = False
     extra: dict = field(default_factory=dict)
     min_new_tokens: int = 0  # stop ids are suppressed before this many new tokens (smoke tests, short prompts)
+    # further sampling filters, off by default (families whose upstream recommends them set them in
+    # SpeechLM.generation_defaults): HF's order, repetition penalty -> temperature -> top-k -> top-p -> min-p
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one (0 = off)
+    repetition_penalty: float = 1.0  # divide positive logits (multiply negative ones) of recent tokens (1 = off)
+    repetition_window: int = 0  # "recent": the last N tokens of prompt + generation (0 = all of them)
+    # repetition-aware sampling (CosyVoice 2's ras_sampling): when the token drawn from the nucleus already came
+    # ras_window * ras_tau times or more among the last ras_window generated tokens, draw again from the whole
+    # distribution, which breaks the loops a narrow nucleus falls into (0 = off)
+    ras_window: int = 0
+    ras_tau: float = 0.1
 
 
 class SpeechLM:
@@ -137,6 +164,29 @@ class SpeechLM:
             if isinstance(value, int):
                 return value
         return int(self.layout.stop_ids[0]) if self.layout.stop_ids else 0
+
+    def prepare_utterance(self, utt: Utterance, audio: np.ndarray | None = None, sample_rate: int = 0) -> Utterance:
+        """Family-specific preparation of a manifest utterance (``audio``: the row's audio when it has one).
+
+        The default keeps it as it is. OuteTTS 1.0 computes its acoustic features here and insists on word
+        timings. A ``ValueError`` names what the row lacks (the data hook prefixes the manifest line).
+        """
+        return utt
+
+    #: True when ``prepare_utterance`` uses a row's audio even where the row also gives codes
+    wants_audio: ClassVar[bool] = False
+
+    def generation_defaults(self, **overrides) -> GenerationConfig:
+        """The sampling the family's upstream recommends (used when ``generate_ids`` gets no config)."""
+        return GenerationConfig(**overrides)
+
+    def token_mask(self, step: int, rows: torch.Tensor, prompts: list[list[int]],
+                   generated: list[list[int]]) -> torch.Tensor | None:
+        """Which of ``rows`` may come next, seeing each sequence so far: ``(len(rows),)`` for the whole
+        batch, ``(batch, len(rows))`` per sequence, or None for all. The default is :meth:`step_mask`;
+        families whose grammar depends on what was written (OuteTTS 1.0's word blocks) override it.
+        """
+        return self.step_mask(step, rows)
 
     def step_mask(self, step: int, rows: torch.Tensor) -> torch.Tensor | None:
         """Which of ``rows`` (``layout.head_rows()``) may come at new-token ``step`` (0 = first); None = all.

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spade_tts.families.base import SpeechLayout, SpeechLM
+from spade_tts.families.base import GenerationConfig, SpeechLayout, SpeechLM
 from spade_tts.families.codec_hooks import require
 from spade_tts.families.hf import link_or_copy, load_tokenizer, read_config, resolve_dtype
 
@@ -113,6 +113,12 @@ class CosyVoice2LM(nn.Module):
 
 class CosyVoice2SpeechLM(SpeechLM):
     family = "cosyvoice2"
+
+    def generation_defaults(self, **overrides) -> GenerationConfig:
+        """Upstream's CosyVoice2-0.5B sampling (cosyvoice2.yaml: ras_sampling, top_p 0.8, top_k 25, win_size 10,
+        tau_r 0.1) on unscaled logits."""
+        settings = dict(temperature=1.0, top_p=0.8, top_k=25, ras_window=10, ras_tau=0.1)
+        return GenerationConfig(**{**settings, **overrides})
 
     @classmethod
     def detect(cls, path: Path) -> bool:

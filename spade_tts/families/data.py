@@ -5,8 +5,11 @@ Input is a manifest, one JSON object per line::
     {"audio": "wavs/a.wav", "text": "Hello there.", "speaker": "spk1"}
     {"codes": "codes/b.npy", "text": "Good night.", "speaker": "spk1"}
     {"codes": [12, 873, 5], "text": "Hi.", "speaker": "spk2"}
+    {"audio": "wavs/c.wav", "text": "Hi there.", "words": [{"word": "Hi", "start": 0.1, "end": 0.3},
+                                                           {"word": "there.", "start": 0.3, "end": 0.7}]}
 
-Paths are relative to the manifest. ``audio`` is encoded with the family's codec
+Paths are relative to the manifest. ``words`` (per-word timings in seconds; optional ``features`` per word and
+per row) is optional for most families and required by OuteTTS 1.0, whose sequences write every word. ``audio`` is encoded with the family's codec
 (:meth:`SpeechLM.encode_audio`, which needs the codec package and weights); ``codes`` (a list or an
 ``.npy`` file, in the codec's own shape) skips the codec, for users who encoded their data
 elsewhere and for tests. Each utterance becomes :meth:`SpeechLM.training_sequence`, with another
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spade_tts.families.base import SpeechLM, Utterance
+from spade_tts.families.base import SpeechLM, Utterance, Word
 
 
 @dataclass
@@ -67,20 +70,59 @@ def read_manifest(path: str | Path) -> list[dict]:
     return rows
 
 
+def parse_words(value) -> list[Word] | None:
+    """A row's ``words``: a list of ``{"word", "start", "end"}`` (seconds; optional ``features`` dict), in order."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ValueError('"words" must be a non-empty list of {"word", "start", "end"}')
+    words = []
+    for n, w in enumerate(value):
+        if not isinstance(w, dict) or not isinstance(w.get("word"), str) or not w["word"].strip():
+            raise ValueError(f'"words"[{n}] needs a non-empty "word"')
+        try:
+            start, end = float(w["start"]), float(w["end"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f'"words"[{n}] needs numeric "start" and "end" (seconds)') from None
+        if not 0 <= start <= end:
+            raise ValueError(f'"words"[{n}] ({w["word"]!r}): need 0 <= start <= end, got {start}..{end}')
+        if words and start < words[-1].start:
+            raise ValueError(f'"words"[{n}] ({w["word"]!r}) starts before the word ahead of it')
+        feats = w.get("features")
+        if feats is not None and not isinstance(feats, dict):
+            raise ValueError(f'"words"[{n}]["features"] must be an object')
+        words.append(Word(w["word"].strip(), start, end, feats))
+    return words
+
+
+def _read_audio(path: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    from spade_tts.audio import load_audio
+
+    sr = sf.info(path).samplerate
+    return load_audio(path, sample_rate=sr), sr
+
+
 def utterance_of(speech: SpeechLM, row: dict) -> Utterance:
-    """One manifest row as an :class:`Utterance` (codes read, or audio encoded by the family's codec)."""
+    """One manifest row as an :class:`Utterance` (codes read, or audio encoded by the family's codec), prepared by
+    the family (:meth:`SpeechLM.prepare_utterance`, which sees the row's audio when it has one)."""
+    audio, sr = None, 0
     if "codes" in row:
         codes = np.load(row["codes"]) if isinstance(row["codes"], str) else np.asarray(row["codes"], dtype=np.int64)
+        if speech.wants_audio and isinstance(row.get("audio"), str):
+            audio, sr = _read_audio(row["audio"])
     else:
-        from spade_tts.audio import load_audio
-
-        import soundfile as sf
-
-        sr = sf.info(row["audio"]).samplerate
-        codes = speech.encode_audio(load_audio(row["audio"], sample_rate=sr), sr)
+        audio, sr = _read_audio(row["audio"])
+        codes = speech.encode_audio(audio, sr)
     codes = np.asarray(codes, dtype=np.int64)
     speech.codes_to_ids(codes)  # validates shape and range: a bad row fails here, with its line number below
-    return Utterance(text=row["text"].strip(), codes=codes, speaker=str(row.get("speaker", "")))
+    features = row.get("features")
+    if features is not None and not isinstance(features, dict):
+        raise ValueError('"features" must be an object')
+    utt = Utterance(text=row["text"].strip(), codes=codes, speaker=str(row.get("speaker", "")),
+                    words=parse_words(row.get("words")), features=features)
+    return speech.prepare_utterance(utt, audio, sr)
 
 
 def load_utterances(speech: SpeechLM, manifest: str | Path, max_items: int = 0) -> list[Utterance]:

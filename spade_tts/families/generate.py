@@ -12,6 +12,11 @@ compute the logits:
 
 Both give the same greedy tokens (tests/test_families_core.py checks it). Sampling uses one
 seeded CPU generator, so a seed gives the same speech on any engine up to float rounding.
+
+Each step the family's :meth:`SpeechLM.token_mask` (which sees every sequence so far) narrows the rows further
+(OuteTTS 1.0: its word-block grammar); the sampler is temperature, top-k, top-p and min-p after an optional
+repetition penalty over a recent window, then optionally CosyVoice 2's repetition-aware redraw. Without a
+config, the family's ``generation_defaults()`` apply.
 """
 from __future__ import annotations
 
@@ -34,17 +39,55 @@ def static_supported(lm) -> bool:
 
 
 def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
-    """Column index per row: argmax (greedy or temperature 0) or temperature + top-p sampling."""
+    """Column index per row: argmax (greedy or temperature 0) or temperature + top-k/top-p/min-p sampling."""
     if cfg.greedy or cfg.temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float().cpu() / cfg.temperature, dim=-1)
-    if 0 < cfg.top_p < 1:
+    scaled = logits.float().cpu() / cfg.temperature
+    if 0 < cfg.top_k < scaled.shape[-1]:  # ties with the k-th are kept, as HF's top-k does
+        scaled = scaled.masked_fill(scaled < scaled.topk(cfg.top_k, dim=-1).values[:, -1:], float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if 0 < cfg.top_p < 1 or cfg.min_p > 0:
         sorted_p, order = probs.sort(-1, descending=True)
-        keep = (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p  # the top token is always kept
+        keep = torch.ones_like(sorted_p, dtype=torch.bool)
+        if 0 < cfg.top_p < 1:
+            keep &= (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p  # the top token is always kept
+        if cfg.min_p > 0:
+            keep &= sorted_p >= cfg.min_p * sorted_p[:, :1]
         sorted_p = sorted_p * keep
         choice = torch.multinomial(sorted_p, 1, generator=gen).squeeze(-1)
         return order.gather(-1, choice[:, None]).squeeze(-1).to(logits.device)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(logits.device)
+
+
+def repetition_aware(cols: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, generated: list[list[int]],
+                     cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
+    """CosyVoice 2's repetition-aware sampling: a row whose nucleus draw repeats a recent token too often
+    draws again from its whole (masked) distribution at the sampling temperature."""
+    if cfg.ras_window <= 0 or cfg.greedy or cfg.temperature <= 0:
+        return cols
+    out = cols.clone()
+    for b, hist in enumerate(generated):
+        token = int(rows[int(cols[b])])
+        if sum(t == token for t in hist[-cfg.ras_window:]) >= cfg.ras_window * cfg.ras_tau:
+            probs = torch.softmax(logits[b].float().cpu() / cfg.temperature, dim=-1)
+            out[b] = int(torch.multinomial(probs, 1, generator=gen))
+    return out
+
+
+def repetition_penalty(logits: torch.Tensor, col: dict[int, int], contexts: list[list[int]], penalty: float,
+                       window: int = 0) -> torch.Tensor:
+    """``logits`` (batch, columns; ``col`` maps a token id to its column) with every id among the last ``window``
+    tokens of its context (0 = all) penalized once: positive logits divided by ``penalty``, negative ones
+    multiplied (HF's rule; OuteTTS 1.0 applies it over the last 64 tokens only)."""
+    out = logits.clone()
+    for b, ctx in enumerate(contexts):
+        recent = ctx[-window:] if window > 0 else ctx
+        cols = sorted({col[t] for t in recent if t in col})
+        if cols:
+            idx = torch.tensor(cols, device=logits.device)
+            v = out[b, idx]
+            out[b, idx] = torch.where(v > 0, v / penalty, v * penalty)
+    return out
 
 
 class _HFEngine:
@@ -82,7 +125,7 @@ def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConf
 
     A batch is left-padded; rows that stopped keep feeding their stop id and are not extended.
     """
-    cfg = cfg or GenerationConfig()
+    cfg = cfg or speech.generation_defaults()
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -91,6 +134,7 @@ def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConf
         raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be >= 1")
     lm, layout = speech.lm, speech.layout
     rows = layout.head_rows()
+    col_of = {r: c for c, r in enumerate(rows.tolist())} if cfg.repetition_penalty != 1.0 else {}
     stop_cols = torch.tensor([i for i, r in enumerate(rows.tolist()) if r in set(layout.stop_ids)], dtype=torch.long)
     bsz, width = len(prompts), max(len(p) for p in prompts)
     pad = speech.pad_id
@@ -105,7 +149,8 @@ def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConf
     if engine == "static":
         from spade_tts.decoding import StaticDecoder
 
-        runner = StaticDecoder(lm, bsz, width + cfg.max_new_tokens, head_rows=rows)
+        on_gpu = next(lm.parameters()).device.type == "cuda"  # one CUDA-graph replay per token there
+        runner = StaticDecoder(lm, bsz, width + cfg.max_new_tokens, head_rows=rows, cuda_graphs=on_gpu)
         rows_dev = runner.vocab_ids
     else:
         runner = _HFEngine(lm, rows)
@@ -116,13 +161,16 @@ def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConf
     done = [False] * bsz
     for step in range(cfg.max_new_tokens):
         logits = logits.float()
-        allowed = speech.step_mask(step, rows)
+        if cfg.repetition_penalty != 1.0:
+            logits = repetition_penalty(logits, col_of, [p + o for p, o in zip(prompts, out)],
+                                        cfg.repetition_penalty, cfg.repetition_window)
+        allowed = speech.token_mask(step, rows, prompts, out)
         if step < cfg.min_new_tokens and len(stop_cols):
             allowed = torch.ones(len(rows), dtype=torch.bool) if allowed is None else allowed.clone()
-            allowed[stop_cols] = False
+            allowed[..., stop_cols] = False
         if allowed is not None:  # out of place: the engines hand out inference-mode tensors
             logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-        cols = _pick(logits, cfg, gen)
+        cols = repetition_aware(_pick(logits, cfg, gen), logits, rows, out, cfg, gen)
         nxt = rows_dev[cols]
         for b in range(bsz):
             if not done[b]:

@@ -131,7 +131,9 @@ def _decoder(model, vocab: Vocab, settings: GenerationSettings, batch: int, max_
     from spade_tts.decoding import StaticDecoder
 
     # only speech_end, the phones and the speech codes can follow <speech_start>: the head keeps those rows
-    dec = StaticDecoder(model, max_batch=batch, max_len=max_len, head_rows=slice(vocab.speech_end, vocab.size))
+    # on a GPU each step is one CUDA-graph replay (launch-bound otherwise); rows then stay in the batch
+    dec = StaticDecoder(model, max_batch=batch, max_len=max_len, head_rows=slice(vocab.speech_end, vocab.size),
+                        cuda_graphs=model.device.type == "cuda")
     dec.offset = vocab.speech_end
     return dec
 

@@ -9,7 +9,6 @@ it was. ``export/`` is a normal Hugging Face checkpoint (``LlamaForCausalLM.from
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spade_tts.reference.dataset import PairSampler, TokenStore
 from spade_tts.reference.vocab import Vocab
+from spade_tts.schedule import warmup_cosine
 
 
 @dataclass
@@ -79,12 +79,8 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def lr_at(step: int, cfg: ReferenceTrainConfig, time_progress: float = 0.0) -> float:
-    """Warm-up, then cosine to 10 %; with a time budget the decay follows whichever of steps or
-    time runs out first, so a budget-limited run still ends at a low learning rate."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, max(time_progress, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Warm-up, then cosine to 10 % (following the time budget when one is set)."""
+    return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps, 0.1, time_progress)
 
 
 def export(model: LlamaForCausalLM, vocab: Vocab, cfg: ReferenceTrainConfig, directory: Path) -> None:

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, as one prepared run on a lent machine (torch + transformers preinstalled
+# there; the few packages it lacks travel as wheels in .whl, see docs/decoding.md "GPU figures").
+#   bash scripts/device_check.sh decode    # CUDA tests + decode benchmarks (LLaSA-1B and CosyVoice 2 LM shapes)
+#   bash scripts/device_check.sh distill   # the distillation recipe (all terms, bf16) on a time budget
+#                                          (BUDGET_MINUTES, and DISTILL_ARGS="key=value ..." for more overrides)
+# Everything it measures lands in $OUT (JSON, logs, the distilled student in <=15 MB pieces:
+# reassemble with `cat distill_final.tar.part-* | tar x`).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
+
+bench() {  # name, then decode_speed.py arguments
+  local name=$1; shift
+  timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/decode_speed.py --device cuda --dtype bf16 --repeats 2 \
+    --json "$OUT/$name.json" "$@" 2>&1 | grep -v -E "Warning|warn\(" | tee -a "$OUT/decode.log"
+}
+
+case "${1:-decode}" in
+decode)
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_decoding_cuda.py 2>&1 | tail -15 | tee "$OUT/pytest_cuda.log"
+  # --fuse: the compiled method also fuses q/k/v and gate/up (docs/decoding.md); peak memory and LM-only RTF per row
+  G=hf_generate,static_graphs_full,static_graphs,static_graphs_fused
+  bench gpu_llasa1b_16 --shape llasa-1b --methods $G --compile --fuse --compile-batches 1
+  bench gpu_llasa1b_8 --shape llasa-1b --layers 8 --batches 1 --methods hf_generate,static_graphs,static_graphs_fused \
+    --compile --fuse
+  bench gpu_cosyvoice2_24 --shape cosyvoice2-lm --methods hf_generate,static_graphs,static_graphs_fused --compile --fuse \
+    --compile-batches 1
+  bench gpu_cosyvoice2_12 --shape cosyvoice2-lm --layers 12 --batches 1 --methods static_graphs,static_graphs_fused \
+    --compile --fuse
+  ;;
+distill)
+  python3 -m spade_tts.cli distill --recipe recipes/distill.yaml student=runs/pruned \
+    dataset=data/distill/reference-f0.05-s0-f64305ec data_fraction=1.0 out_dir=/tmp/distill mixed_precision=bf16 \
+    time_budget_minutes="${BUDGET_MINUTES:-3}" save_every=500 log_every=10 ${DISTILL_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v '%|' \
+    | tee "$OUT/distill.log"
+  cp /tmp/distill/train_log.jsonl "$OUT/distill_train_log.jsonl"
+  tar cf - -C /tmp/distill final | split -b 15m - "$OUT/distill_final.tar.part-"
+  ;;
+*) echo "usage: $0 decode|distill" >&2; exit 2 ;;
+esac
+ls -la "$OUT"
