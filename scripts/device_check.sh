@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one prepared run on a lent machine (torch + transformers preinstalled
-# there; the few packages it lacks travel as wheels in .whl, see docs/decoding.md "GPU figures").
+# there; the few packages it lacks travel as wheels in .whl: pip download them for Python 3.12, see
+# /work/.library/device/README.md; datasets dill multiprocess soundfile soxr cffi pycparser librosa audioread
+# decorator pooch platformdirs).
 #   bash scripts/device_check.sh decode    # CUDA tests + decode benchmarks (LLaSA-1B and CosyVoice 2 LM shapes)
 #   bash scripts/device_check.sh distill   # the distillation recipe (all terms, bf16) on a time budget
 #                                          (BUDGET_MINUTES, and DISTILL_ARGS="key=value ..." for more overrides)
 # Everything it measures lands in $OUT (JSON, logs, the distilled student in <=15 MB pieces:
-# reassemble with `cat distill_final.tar.part-* | tar x`).
+# reassemble with `cat distill_final.tar.part-* | tar x`: final/ and best/, the held-out minimum).
+# The distill mode needs, carried: .whl runs/pruned data/distill/reference-f0.05-s0-f64305ec and
+# data/distill/reference-heldout-f0.2-s0-a5bcb14a, made here by
+#   python3 -c "from spade_tts.distill.data import build_reference_dataset as b; \
+#     print(b('data/reference_tokens', 'data/distill', 0.2, 0, 1, 4.0, 7.5, split='heldout'))"
+# (20 % of the held-out utterances: with the tracked tree, all of it stays under the 64 MiB transfer limit).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -40,10 +47,11 @@ decode)
 distill)
   python3 -m spade_tts.cli distill --recipe recipes/distill.yaml student=runs/pruned \
     dataset=data/distill/reference-f0.05-s0-f64305ec data_fraction=1.0 out_dir=/tmp/distill mixed_precision=bf16 \
+    heldout_dataset=data/distill/reference-heldout-f0.2-s0-a5bcb14a \
     time_budget_minutes="${BUDGET_MINUTES:-3}" save_every=500 log_every=10 ${DISTILL_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v '%|' \
     | tee "$OUT/distill.log"
   cp /tmp/distill/train_log.jsonl "$OUT/distill_train_log.jsonl"
-  tar cf - -C /tmp/distill final | split -b 15m - "$OUT/distill_final.tar.part-"
+  tar cf - -C /tmp/distill final best | split -b 15m - "$OUT/distill_final.tar.part-"
   ;;
 *) echo "usage: $0 decode|distill" >&2; exit 2 ;;
 esac

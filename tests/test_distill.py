@@ -388,6 +388,34 @@ def test_time_budget_stops_at_a_low_lr_checkpoints_and_exports(tiny, tmp_path):
     assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1]
 
 
+def test_heldout_loss_keeps_the_best_student(tiny, tmp_path):
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError, match="eval_every needs held-out sequences"):
+        distill(_cfg(tiny, out, eval_every=2))  # the whole dataset trains: nothing is held out
+    final = distill(_cfg(tiny, out, steps=6, lr=3e-2, data_fraction=0.5, eval_every=2, eval_sequences=8))
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["heldout_ce"] for r in log if "heldout_ce" in r}
+    assert sorted(evals) == [2, 4, 6]
+    best_step = min(evals, key=evals.get)
+    summary = json.loads((final / "spade_distill.json").read_text())
+    assert summary["best"] == {"step": best_step, "heldout_ce": evals[best_step]}
+    assert summary["heldout"]["rows_used"] + summary["data"]["rows_used"] == summary["data"]["rows"]
+    kept = json.loads((out / "best" / "spade_distill.json").read_text())
+    assert kept["steps"] == best_step
+    # the saved best student reproduces its held-out loss
+    from spade_tts.distill.data import TokenDataset
+
+    rows = TokenDataset(tiny[2], seed=0, fraction=0.5, complement=True)
+    model, total, count = _load(out / "best"), 0.0, 0
+    with torch.no_grad():
+        for batch in rows.first_batches(4, 8):
+            logits, labels = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+            total += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                             labels[:, 1:].reshape(-1), reduction="sum"))
+            count += int((labels[:, 1:] != -100).sum())
+    assert total / count == pytest.approx(evals[best_step], rel=1e-4)
+
+
 class Killed(Exception):
     pass
 

@@ -87,12 +87,14 @@ def _files_digest(directory: Path) -> str:
 
 def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fraction: float = 0.05, seed: int = 0,
                             pairs_per_target: int = 2, max_prompt_seconds: float = 4.0,
-                            max_target_seconds: float = 7.5, shard_rows: int = 2000) -> Path:
+                            max_target_seconds: float = 7.5, shard_rows: int = 2000, split: str = "train") -> Path:
     """(prompt, target) sequences of the built-in model from a fixed subset of its training utterances.
 
     Targets and prompts both come from the subset (so the hours reported are all the audio the
     student ever sees); each target gets ``pairs_per_target`` prompts, other utterances of its
     speaker, as in the teacher's trainer. Returns the dataset folder, reusing it when it exists.
+    ``split="heldout"`` builds the same kind of sequences from the teacher's held-out utterances,
+    which neither model trained on: what the distillation's held-out loss is measured on.
     """
     from spade_tts.reference.dataset import TokenStore
     from spade_tts.reference.vocab import Vocab
@@ -107,16 +109,19 @@ def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fracti
     settings = {"source": "reference_tokens", "tokens_digest": _files_digest(tokens_dir), "fraction": fraction,
                 "seed": seed, "pairs_per_target": pairs_per_target, "max_prompt_seconds": max_prompt_seconds,
                 "max_target_seconds": max_target_seconds, "format": DATA_FORMAT}
+    if split != "train":  # (train folders keep the names they had before splits existed)
+        settings["split"] = split
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    out = Path(out_root) / f"reference-f{fraction:g}-s{seed}-{key}"
+    name = "reference" if split == "train" else f"reference-{split}"
+    out = Path(out_root) / f"{name}-f{fraction:g}-s{seed}-{key}"
     if (out / META_FILE).is_file():
         return out
 
     store = TokenStore(tokens_dir)
     vocab = Vocab(store.num_speech)
     items = store.items
-    chosen = select_utterances(items, fraction, seed)
-    train = [i for i, it in enumerate(items) if it.get("split") == "train"]
+    chosen = select_utterances(items, fraction, seed, split)
+    train = [i for i, it in enumerate(items) if it.get("split") == split]
     prompts: dict[str, list[int]] = {}
     for i in chosen:
         if items[i]["seconds"] <= max_prompt_seconds:
@@ -165,7 +170,7 @@ class TokenDataset:
     built-in one is already a subset of the teacher's utterances).
     """
 
-    def __init__(self, path: str | Path, seed: int = 0, fraction: float = 1.0):
+    def __init__(self, path: str | Path, seed: int = 0, fraction: float = 1.0, complement: bool = False):
         from datasets import load_from_disk
 
         path = Path(path)
@@ -179,10 +184,13 @@ class TokenDataset:
         self.rows = list(range(len(self.ds)))
         if fraction < 1:
             k = max(1, int(round(fraction * len(self.rows))))
-            self.rows = sorted(np.random.default_rng(seed).permutation(len(self.rows))[:k].tolist())
-            self.meta = {**self.meta, "rows_used": k, "percent_rows": round(100 * k / len(self.ds), 3)}
+            order = np.random.default_rng(seed).permutation(len(self.rows))
+            self.rows = sorted((order[k:] if complement else order[:k]).tolist())
+            self.meta = {**self.meta, "rows_used": len(self.rows), "percent_rows": round(100 * len(self.rows) / len(self.ds), 3)}
+        elif complement:
+            self.rows = []
         if not self.rows:
-            raise ValueError(f"{path} holds no rows")
+            raise ValueError(f"{path} holds no rows" + (" outside the data_fraction subset" if complement else ""))
         self.pad_id = int(self.meta.get("pad_id", 0))
         self._perm: tuple[int, list[int]] | None = None
 
@@ -196,6 +204,15 @@ class TokenDataset:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = (epoch, torch.randperm(len(self.rows), generator=g).tolist())
         return self.rows[self._perm[1][i]]
+
+    def first_batches(self, batch_size: int, limit: int):
+        """The first ``limit`` rows in stored order, as collated batches: a fixed evaluation set."""
+        from spade_tts.reference.dataset import collate
+
+        rows = self.rows[:limit]
+        for i in range(0, len(rows), batch_size):
+            got = self.ds[rows[i:i + batch_size]]
+            yield collate([(list(ids), int(lf)) for ids, lf in zip(got["input_ids"], got["loss_from"])], self.pad_id)
 
     def micro_batch(self, step: int, micro: int, rank: int, world: int, accum: int, batch_size: int) -> dict:
         """Process ``rank``'s ``micro``-th micro-batch of optimizer step ``step``.

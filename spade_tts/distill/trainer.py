@@ -25,6 +25,7 @@ gradient stops the run before the bad update, with the last good checkpoint unto
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from spade_tts.distill.data import TokenDataset, build_reference_dataset, check_fraction, describe
 from spade_tts.distill.losses import KD_TYPES, TERMS, DistillLoss, LossWeights
@@ -86,6 +88,13 @@ class DistillConfig:
     kd: str = "skew_forward"  # skew_forward | skew_reverse | forward | reverse
     temperature: float = 1.0
     skew_beta: float = 0.1
+    # held-out loss: the student's CE on sequences it never trains on, every eval_every steps; out_dir/best keeps
+    # the student at its minimum (on a small subset the student memorises it: the training loss keeps falling
+    # while the held-out one turns up)
+    eval_every: int = 0  # 0 = off
+    eval_sequences: int = 64
+    heldout_dataset: str = ""  # '' = the teacher's held-out utterances (built-in) or the rows of dataset=...
+    #                           left out by data_fraction
     # bookkeeping
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -222,6 +231,38 @@ def open_dataset(cfg: DistillConfig, teacher_dir: Path, vocab_size: int) -> Toke
     return data
 
 
+def open_heldout(cfg: DistillConfig, teacher_dir: Path) -> TokenDataset:
+    """Sequences for the held-out loss: ``heldout_dataset``, else the teacher's held-out split (built-in
+    layout), else the rows of ``dataset`` outside the ``data_fraction`` subset."""
+    if cfg.heldout_dataset:
+        return TokenDataset(cfg.heldout_dataset)
+    if cfg.dataset:
+        if cfg.data_fraction >= 1:
+            raise ValueError("eval_every needs held-out sequences: give heldout_dataset=FOLDER, or data_fraction < 1 "
+                             "so that the rest of dataset=... is held out")
+        return TokenDataset(cfg.dataset, seed=cfg.seed, fraction=cfg.data_fraction, complement=True)
+    path = build_reference_dataset(cfg.tokens_dir, cfg.data_dir, 1.0, cfg.data_seed, 1, cfg.max_prompt_seconds,
+                                   cfg.max_target_seconds, split="heldout")
+    return TokenDataset(path)
+
+
+def heldout_ce(model, data: TokenDataset, cfg: DistillConfig, accelerator) -> float:
+    """Mean CE of the student's speech tokens over the first ``eval_sequences`` held-out rows (every process
+    computes the same number, so no process waits for another)."""
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        for batch in data.first_batches(cfg.batch_size, cfg.eval_sequences):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    model.train()
+    return total / max(1, count)
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -284,26 +325,31 @@ def _cast_state(state: dict, dtype: torch.dtype) -> dict:
     return out
 
 
-def export_final(accelerator, model, student_dir: Path, out: Path, cfg: DistillConfig, summary: dict) -> Path:
-    """``out/final``: save_pretrained (safetensors) + the student's side files + spade_distill.json, atomically."""
+def export_final(accelerator, model, student_dir: Path, out: Path, cfg: DistillConfig, summary: dict,
+                 name: str = "final") -> Path:
+    """``out/<name>``: save_pretrained (safetensors) + the student's side files + spade_distill.json, atomically."""
     from spade_tts.pruning.prune import side_files
 
     state = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers the full weights)
-    final = out / "final"
+    final = out / name
     speech = getattr(cfg, "_student_speech", None)  # a family checkpoint: written by its adapter
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         stored = json.loads((student_dir / "config.json").read_text()) if (student_dir / "config.json").is_file() else {}
-        name = cfg.save_dtype if cfg.save_dtype != "auto" else (stored.get("dtype") or stored.get("torch_dtype")
-                                                                or "float32")
-        dtype = getattr(torch, name)
-        tmp = out / f".final.tmp-{os.getpid()}"
+        dtype_name = cfg.save_dtype if cfg.save_dtype != "auto" else (stored.get("dtype") or stored.get("torch_dtype")
+                                                                      or "float32")
+        dtype = getattr(torch, dtype_name)
+        tmp = out / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         if speech is not None:
-            # training is over: cast the trained module itself and let the adapter write its format
+            # the adapter writes its own format from a module: at the end the trained one itself, cast; a
+            # mid-run export (best) casts a copy so that training goes on in its own precision
             # (DDP and single-process runs; under FSDP unwrap_model is sharded and this path is untested)
-            speech.lm = unwrapped.to(dtype)
+            trained = speech.lm
+            speech.lm = (unwrapped if name == "final" else copy.deepcopy(unwrapped)).to(dtype)
             speech.save_pretrained(tmp)
+            if name != "final":
+                speech.lm = trained
         else:
             state = _cast_state(state, dtype)
             unwrapped.save_pretrained(tmp, state_dict=state)
@@ -311,7 +357,7 @@ def export_final(accelerator, model, student_dir: Path, out: Path, cfg: DistillC
             config = json.loads((tmp / "config.json").read_text())
             for key in ("dtype", "torch_dtype"):
                 if key in config:
-                    config[key] = name
+                    config[key] = dtype_name
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for path in side_files(student_dir) + [student_dir / PRUNING_FILE]:
             if not (tmp / path.name).exists():
@@ -364,6 +410,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
     teacher, student = load_models(teacher_dir, student_dir, record, cfg, accelerator.device)
     with accelerator.main_process_first():  # the main process builds the dataset; the others then reuse it
         data = open_dataset(cfg, teacher_dir, vocab_size(student))
+        heldout = open_heldout(cfg, teacher_dir) if cfg.eval_every > 0 else None
     match = layer_matching(record["kept"], int(record["teacher_layers"]), cfg.matching)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
@@ -383,6 +430,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
     accelerator.register_for_checkpointing(scheduler)
 
     step, elapsed = 0, 0.0
+    best = {"step": None, "heldout_ce": None}  # the student kept in out_dir/best
     ckpt = latest_checkpoint(out)
     log_path = out / "train_log.jsonl"
     if ckpt is not None:
@@ -396,6 +444,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                              "and the data the same to resume, or choose another out_dir")
         accelerator.load_state(str(ckpt))
         step, elapsed = int(state["step"]), float(state.get("elapsed_seconds", 0.0))
+        best = state.get("best") or best
         if main:
             _truncate_log(log_path, step)
             print(f"resumed from {ckpt} at step {step}")
@@ -416,10 +465,18 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
             progress[0] = (elapsed + time.time() - start) / budget
         return progress[0] >= 1.0
 
+    def summary_of(at: int) -> dict:
+        return {"format": "spade-distill/1", "teacher": str(cfg.teacher or "built-in"), "student": str(student_dir),
+                "kept": record["kept"], "teacher_layers": record["teacher_layers"], "matching": cfg.matching,
+                "match": match, "steps": at, "planned_steps": cfg.steps, "global_batch": global_batch,
+                "processes": world, "stopped_by": "steps" if at >= cfg.steps else "time_budget",
+                "wall_seconds": state_now()["elapsed_seconds"], "data": data.meta,
+                "heldout": None if heldout is None else heldout.meta, "config": asdict(cfg)}
+
     def state_now() -> dict:
         return {"step": step, "global_batch": global_batch, "data": data_id, "models": models_id,
                 "data_position": step * global_batch, "elapsed_seconds": round(elapsed + time.time() - start, 3),
-                "world_size": world}
+                "world_size": world, "best": best}
 
     def stop(what: str, value: float, detail: str) -> None:
         where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
@@ -463,7 +520,13 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                    "grad_norm": None if grad_norm is None else round(grad_norm, 4),
                    "tokens": tokens, "seconds": round(elapsed + time.time() - start, 1)}
             bar.update(1)
-            if main and (step % cfg.log_every == 0 or step == cfg.steps or step == 1):
+            evaluate = heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps or over)
+            if evaluate:
+                rec["heldout_ce"] = round(heldout_ce(model, heldout, cfg, accelerator), 6)
+                if best["heldout_ce"] is None or rec["heldout_ce"] < best["heldout_ce"]:
+                    best = {"step": step, "heldout_ce": rec["heldout_ce"]}
+                    export_final(accelerator, model, student_dir, out, cfg, {**summary_of(step), "best": best}, "best")
+            if main and (step % cfg.log_every == 0 or step == cfg.steps or step == 1 or evaluate):
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 if tb is not None:
@@ -485,11 +548,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
             tb.close()
         loss_fn.close()
 
-    summary = {"format": "spade-distill/1", "teacher": str(cfg.teacher or "built-in"), "student": str(student_dir),
-               "kept": record["kept"], "teacher_layers": record["teacher_layers"], "matching": cfg.matching,
-               "match": match, "steps": step, "planned_steps": cfg.steps, "global_batch": global_batch,
-               "processes": world, "stopped_by": "steps" if step >= cfg.steps else "time_budget",
-               "wall_seconds": state_now()["elapsed_seconds"], "data": data.meta, "config": asdict(cfg)}
+    summary = {**summary_of(step), "best": best}
     final = export_final(accelerator, model, student_dir, out, cfg, summary)
     if main:
         print(f"distilled {step} steps in {summary['wall_seconds']:.0f} s; wrote {final}")
