@@ -5,6 +5,7 @@ it must leave everything unchanged: the same speech, the same WER, zero block in
 loss rise. That pins down the whole pipeline without trusting any number from the model itself.
 """
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -133,6 +134,9 @@ def test_iterative_removal_rescores_after_each_removal():
 
     assert iterative_removal(4, 2, score_of) == [3, 0]  # one-shot by base scores would drop 3 and 0 too, then 1
     assert iterative_removal(4, 1, score_of) == [3, 0, 2]
+    rounds = []
+    assert iterative_removal(4, 2, score_of, prefetch=lambda removed, rest: rounds.append((list(removed), rest))) == [3, 0]
+    assert rounds == [([], [0, 1, 2, 3]), ([3], [0, 1, 2])]  # each round's candidates announced before scoring
 
 
 def test_bad_score_settings_are_clear(tiny_reference, tiny_corpus, tmp_path):
@@ -153,3 +157,31 @@ def test_scores_do_not_depend_on_batching_or_overlap(scored, tmp_path):
     b = json.loads((tmp_path / "state.json").read_text())["runs"]
     assert set(b) <= set(a) and len(b) == 5
     assert all(a[k]["per_item"] == b[k]["per_item"] for k in b)
+
+
+def test_two_processes_share_the_runs_and_give_the_same_scores(scored, tmp_path):
+    """`accelerate launch --num_processes 2 -m spade_tts.importance`: each process takes every other run."""
+    import socket
+    import subprocess
+    import sys
+
+    cfg, _ = scored
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    args = [f"model={cfg.model}", f"corpus_dir={cfg.corpus_dir}", "items_per_speaker=1", "batch_size=4", "keep=2",
+            f"out_dir={tmp_path}", "compare=false"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "spade_tts.importance", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    one = json.loads((Path(cfg.out_dir) / "state.json").read_text())["runs"]
+    merged = json.loads((tmp_path / "state.json").read_text())["runs"]
+    theirs = json.loads((tmp_path / "state.rank1.json").read_text())["runs"]
+    assert len(merged) == 5 and 1 <= len(theirs) < 5  # process 1 synthesized some of the runs, not all
+    assert all(merged[k]["per_item"] == one[k]["per_item"] for k in merged)
+    ranks = json.loads((tmp_path / "scores.json").read_text())["layers"]
+    assert [r["wli"] for r in ranks] == [r["wli"] for r in json.loads((Path(cfg.out_dir) / "scores.json").read_text())["layers"]]

@@ -10,6 +10,12 @@ actually cut by each of them.
 Every synthesis run (one skip set) is stored in ``out_dir/state.json`` as soon as it
 finishes, written atomically, so a killed run resumes where it stopped and a finished one
 is not redone; the state is tied to the model's fingerprint and the item list.
+
+Several processes (``accelerate launch --num_processes N -m spade_tts.importance ...``, one per
+GPU) share the synthesis runs: each takes every N-th missing run, writes what it finishes to
+its own ``state.rank<R>.json``, and all of them merge the files at the end of each batch of
+runs. Runs do not depend on which process or batch produced them (every item samples from its
+own seeded stream), so N processes give the single process's scores.
 """
 from __future__ import annotations
 
@@ -66,10 +72,13 @@ class ScoringRun:
     run's result does not depend on how it was batched or scheduled.
     """
 
-    def __init__(self, cfg: ScoreConfig, tts, items: list[dict], fingerprint: str, asr):
+    def __init__(self, cfg: ScoreConfig, tts, items: list[dict], fingerprint: str, asr, processes=None):
         from spade_tts.reference.synth import GenerationSettings
 
         self.cfg, self.tts, self.items, self.asr = cfg, tts, items, asr
+        self.processes = processes  # accelerate's PartialState when launched as several processes, else None
+        self.rank = processes.process_index if processes else 0
+        self.world = processes.num_processes if processes else 1
         self.settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                                            max_length_ratio=cfg.max_length_ratio, drop_finished=cfg.drop_finished)
         self.path = Path(cfg.out_dir) / "state.json"
@@ -82,7 +91,24 @@ class ScoringRun:
                 self.state = old
             else:
                 print(f"note: {self.path} was made with another model, item set or decoding; starting afresh")
+        self.identity = json.loads(json.dumps(identity))
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        self._merge_shards()  # runs other processes finished before a kill
+
+    def shard(self, rank: int) -> Path:
+        return self.path if rank == 0 else self.path.with_name(f"state.rank{rank}.json")
+
+    def save(self) -> None:
+        """This process's state file (process 0's is ``state.json``, which holds the merged runs)."""
+        _write_json(self.shard(self.rank), self.state)
+
+    def _merge_shards(self) -> None:
+        for path in sorted(self.path.parent.glob("state.rank*.json")) + [self.path]:
+            if path.is_file() and path != self.shard(self.rank):
+                other = json.loads(path.read_text())
+                if all(other.get(k) == v for k, v in self.identity.items()):
+                    for key, run in other.get("runs", {}).items():
+                        self.state["runs"].setdefault(key, run)
 
     @staticmethod
     def key(skip: list[int]) -> str:
@@ -100,6 +126,7 @@ class ScoringRun:
         from spade_tts.reference.evaluate import score_spoken, speak_items
 
         todo = list(dict.fromkeys(self.key(s) for s in skips if self.key(s) not in self.state["runs"]))
+        mine = todo[self.rank::self.world]
         pending = []  # (key, skip, spoken, started, future of the transcripts)
 
         def finish(entry) -> None:
@@ -109,11 +136,11 @@ class ScoringRun:
                                        "seconds": round(time.time() - started, 1),
                                        "per_item": [{k: r[k] for k in ("id", "wer", "transcript", "seconds", "truncated")}
                                                     for r in rows]}
-            _write_json(self.path, self.state)
+            self.save()
 
         workers = 1 if self.cfg.overlap_asr else 0
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for key in tqdm(todo, desc=desc or "synthesis runs", unit="run", disable=len(todo) < 2):
+            for key in tqdm(mine, desc=desc or "synthesis runs", unit="run", disable=len(mine) < 2 or self.rank > 0):
                 skip = [int(x) for x in key[len("skip:"):].split(",") if x]
                 started = time.time()
                 with skip_layers(self.tts.model, skip):
@@ -127,6 +154,11 @@ class ScoringRun:
                     finish(pending.pop(0))  # keep at most one transcription in flight
             for entry in pending:
                 finish(entry)
+        if self.world > 1 and todo:
+            self.processes.wait_for_everyone()
+            self._merge_shards()
+            if self.rank == 0:
+                self.save()  # state.json now holds every process's runs
         return [self.state["runs"][self.key(s)]["wer"] for s in skips]
 
 
@@ -156,15 +188,19 @@ def rank_correlation(a: list[float], b: list[float]) -> float | None:
     return float(spearmanr(a, b)[0])
 
 
-def iterative_removal(n_layers: int, keep: int, score_of) -> list[int]:
+def iterative_removal(n_layers: int, keep: int, score_of, prefetch=None) -> list[int]:
     """Remove the least important remaining layer, rescore, repeat; returns layers in removal order.
 
     ``score_of(removed, candidate)`` is the metric with ``removed + [candidate]`` skipped; the
-    candidate whose removal hurts least goes next (ties: the lower index).
+    candidate whose removal hurts least goes next (ties: the lower index). ``prefetch(removed,
+    candidates)``, if given, is called first in each round, so that a caller can compute the
+    round's scores together (batched, overlapped, spread over processes) before they are read.
     """
     removed: list[int] = []
     while n_layers - len(removed) > keep:
         rest = [i for i in range(n_layers) if i not in removed]
+        if prefetch is not None:
+            prefetch(removed, rest)
         removed.append(min(rest, key=lambda i: (score_of(removed, i), i)))
     return removed
 
@@ -179,7 +215,13 @@ def score_layers(cfg: ScoreConfig) -> dict:
 
     if cfg.iterative_metric not in ("wli", "tf_loss_rise"):
         raise ValueError(f"iterative_metric={cfg.iterative_metric!r}: use wli or tf_loss_rise")
-    tts = ReferenceTTS.from_pretrained(cfg.model or None, device=cfg.device)
+    processes = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
+        from accelerate import PartialState
+
+        processes = PartialState(cpu=not cfg.device.startswith("cuda"))
+    device = str(processes.device) if processes and cfg.device.startswith("cuda") else cfg.device  # a GPU each
+    tts = ReferenceTTS.from_pretrained(cfg.model or None, device=device)
     n = len(decoder_layers(tts.model))
     keep = cfg.keep or n // 2
     if not 1 <= keep < n:
@@ -188,9 +230,9 @@ def score_layers(cfg: ScoreConfig) -> dict:
     if not items:
         raise ValueError(f"no phone-aligned held-out items in {cfg.corpus_dir}; build the corpus with aligned voices")
     fingerprint = model_fingerprint(tts.model)
-    overlap = cfg.wli and cfg.overlap_asr and cfg.device == "cpu"
+    overlap = cfg.wli and cfg.overlap_asr and device == "cpu"
     asr = get_transcriber(cfg.asr_model or None, cpu_threads=1 if overlap else 0) if cfg.wli else None
-    run = ScoringRun(cfg, tts, items, fingerprint, asr)
+    run = ScoringRun(cfg, tts, items, fingerprint, asr, processes)
     torch_threads = torch.get_num_threads()
     if overlap:  # Whisper gets one core of its own; the LM the rest (oversubscribed OpenMP threads spin)
         torch.set_num_threads(max(1, torch_threads - 1))
@@ -210,7 +252,7 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
 
     if "proxies" not in run.state:
         run.state["proxies"] = dict(zip(("scores", "full_loss"), proxy_scores(tts, items, cfg.corpus_dir)))
-        _write_json(run.path, run.state)
+        run.save()
     proxies, full_loss = run.state["proxies"]["scores"], run.state["proxies"]["full_loss"]
     per_layer = [{"layer": i, **{m: float(proxies[m][i]) for m in PROXY_METRICS}} for i in range(n)]
     metrics = list(PROXY_METRICS)
@@ -225,8 +267,9 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
               "items": len(items), "speakers": len({it["speaker"] for it in items}), "layers": per_layer}
 
     if cfg.iterative and (cfg.wli or cfg.iterative_metric == "tf_loss_rise"):
-        if cfg.iterative_metric == "wli":
-            order = iterative_removal(n, keep, lambda removed, i: run.wer(removed + [i]))
+        if cfg.iterative_metric == "wli":  # each round's candidates run together (spread over processes)
+            order = iterative_removal(n, keep, lambda removed, i: run.wer(removed + [i]),
+                                      prefetch=lambda removed, rest: run.wer_many([removed + [i] for i in rest]))
         else:
             batch = build_batch(tts, items, cfg.corpus_dir)
 
@@ -251,6 +294,8 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
     result["seconds"] = round(time.time() - start, 1)
     result["seconds_per_layer_item"] = (round(sum(run.state["runs"][f"skip:{i}"]["seconds"] for i in range(n))
                                         / (n * len(items)), 3) if cfg.wli else None)
+    if run.rank > 0:  # every process computed the same result; process 0 writes it
+        return result
     out = Path(cfg.out_dir)
     _write_json(out / "scores.json", result)
     write_csv(out / "scores.csv", per_layer, metrics)
