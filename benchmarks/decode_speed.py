@@ -11,7 +11,8 @@ offline; decode speed does not depend on the weights' values): ``llasa-1b`` (Lla
 body, 16 x 2048, GQA 32/8, vocabulary 193,800 with the 65,536 X-codec2 tokens at the end) and
 ``cosyvoice2-lm`` (CosyVoice 2's Qwen2-0.5B body, 24 x 896, GQA 14/2, q/k/v biases, with the
 6,564 speech rows after the 151,936 text ids plus sos/eos and task id, as spade's unified view
-lays them out). ``--layers N`` keeps the first N layers (a pruned student's speed; which layers
+lays them out); ``builtin-mqa`` is the built-in shape with one key/value head (the next
+reference attempt, ``recipes/reference-attempt2.yaml``). ``--layers N`` keeps the first N layers (a pruned student's speed; which layers
 are kept does not change it).
 
 Greedy, fixed length (``--new-tokens``, default 300) after a prompt of ``--prompt-len`` tokens
@@ -82,6 +83,13 @@ SHAPES = {
                                       rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
                           speech_rows=(151938, 158502), prompt_ids=(151938, 158499),
                           audio_tokens_per_s=25.0),  # speech_tokenizer_v2
+    # recipes/reference-attempt2.yaml: the built-in model's shape with one key/value head (multi-query)
+    "builtin-mqa": dict(cls="llama", description="built-in shape, multi-query (12 x 320, 5 query heads / 1 KV head, "
+                                                 "vocab 4144)",
+                        config=dict(vocab_size=4144, hidden_size=320, intermediate_size=864, num_hidden_layers=12,
+                                    num_attention_heads=5, num_key_value_heads=1, head_dim=64, rms_norm_eps=1e-6,
+                                    max_position_embeddings=2048, tie_word_embeddings=True),
+                        speech_rows=(5, 4144), prompt_ids=(SPEECH_OFFSET, 4144), audio_tokens_per_s=100.0),
 }
 
 

@@ -11,6 +11,7 @@ A WLI pass synthesizes every item with one layer skipped and transcribes it with
   fast      rows leave the batch as their items end, items are cut at 2.5x the length their
             prompt's speaking rate predicts, Whisper transcribes pass k on one thread while the
             LM synthesizes pass k + 1 on the others
+  serial    as fast, but Whisper runs after each pass, and the LM and Whisper each use every core
 
 Modes run one after the other, in a fresh state folder each (nothing is read from a cache), so
 compare them only within one run of this script, and read the load average it records. The
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 MODES = {
     "baseline": dict(drop_finished=False, max_length_ratio=0.0, overlap_asr=False),
     "fast": dict(drop_finished=True, max_length_ratio=2.5, overlap_asr=True),
+    "serial": dict(drop_finished=True, max_length_ratio=2.5, overlap_asr=False),
 }
 
 
@@ -71,16 +73,14 @@ def main(argv=None) -> int:
         cfg = ScoreConfig(items_per_speaker=args.items_per_speaker, corpus_dir=args.corpus_dir,
                           batch_size=args.batch_size, **MODES[mode])
         overlap = cfg.overlap_asr
-        asr = get_transcriber(None, cpu_threads=1 if overlap else 0)
+        asr = get_transcriber(None, cpu_threads=1 if overlap else threads)
         asr.transcribe([np.zeros(1600, dtype=np.float32)])  # load Whisper outside the clock
         with tempfile.TemporaryDirectory() as tmp:
             cfg.out_dir = tmp
-            run = ScoringRun(cfg, tts, items, model_fingerprint(tts.model), asr)
-            torch.set_num_threads(max(1, threads - 1) if overlap else threads)
+            run = ScoringRun(cfg, tts, items, model_fingerprint(tts.model), asr)  # it splits the cores itself
             start = time.perf_counter()
             wers = run.wer_many(skips, desc=mode)
             wall = time.perf_counter() - start
-            torch.set_num_threads(threads)
             runs = run.state["runs"]
             audio = sum(r["seconds"] for k in runs for r in runs[k]["per_item"])
             cut = sum(bool(r.get("truncated")) for k in runs for r in runs[k]["per_item"])

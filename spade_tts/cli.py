@@ -373,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="rank decoder layers by WER-based importance (WLI) and proxies",
                        description="For every decoder layer: skip it, speak the held-out items, transcribe them "
-                                   "with Whisper and take the mean WER (WLI, SPADE's metric; higher = more important). "
+                                   "with Whisper and take the mean WER (WLI, SPADE's metric; higher = more important), each item's WER "
+                                   "capped at 100 % (item_wer_cap; 0 = plain mean) so that one babbling item cannot "
+                                   "decide a layer. scores.json says how often the kept set survives resampling the "
+                                   "items (wli_stability): if rarely, raise items_per_speaker. "
                                    "The same run computes block influence, angular distance and the teacher-forced "
                                    "loss rise on the same items, their Spearman correlations, and (compare=true) the "
                                    "WER of the model cut to `keep` layers by each metric. Writes scores.json, "

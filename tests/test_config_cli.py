@@ -56,3 +56,27 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "none.wav" in err
     assert main(["synth", "--text", "Hello.", "-o", str(tmp_path / "o.wav")]) == 2
     assert "--prompt-voice" in capsys.readouterr().err
+
+
+def test_every_shipped_recipe_loads_into_its_stage(tmp_path):
+    """A misspelt key in a recipe fails here, not after a GPU session has started on it."""
+    from pathlib import Path
+
+    from spade_tts.codec.train import CodecFitConfig
+    from spade_tts.data.build import DataConfig
+    from spade_tts.distill.trainer import DistillConfig
+    from spade_tts.evaluation.evaluate import EvalConfig
+    from spade_tts.reference.train import ReferenceTrainConfig
+
+    stage = {"codec": CodecFitConfig, "data": DataConfig, "distill": DistillConfig, "eval": EvalConfig,
+             "reference": ReferenceTrainConfig}
+    recipes = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 6
+    for recipe in recipes:
+        cls = stage[recipe.stem.split("-")[0]]
+        cfg = load_config(cls, recipe, ["student=x"] if cls is DistillConfig else [])
+        assert isinstance(cfg, cls)
+    bad = tmp_path / "reference-typo.yaml"
+    bad.write_text("kv_head: 1\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(ReferenceTrainConfig, bad)

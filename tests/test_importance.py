@@ -14,8 +14,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 import spade_tts.reference.evaluate as ev
-from spade_tts.importance.layer_importance import ScoreConfig, iterative_removal, rank_correlation, score_layers
-from spade_tts.importance.teacher_forced import block_similarity, build_batch
+from spade_tts.importance.layer_importance import (ScoreConfig, iterative_removal, rank_correlation, score_layers,
+                                                  wli_stability)
+from spade_tts.importance.teacher_forced import block_similarity, build_batch, speech_loss
 from spade_tts.reference.evaluate import heldout_items
 from spade_tts.reference.synth import ReferenceTTS
 
@@ -53,6 +54,13 @@ def test_skipping_an_identity_layer_changes_nothing(scored):
     assert res["num_layers"] == 4 and res["items"] == 2 and res["full_wer"] is not None
     assert layers[IDENTITY_LAYER]["wli"] == res["full_wer"]
     runs = json.loads((Path(scored[0].out_dir) / "state.json").read_text())["runs"]
+    # WLI averages each item's WER capped at 100 %; the plain mean is kept beside it
+    for row in layers:
+        wers = [r["wer"] for r in runs[f"skip:{row['layer']}"]["per_item"]]
+        assert row["wli"] == pytest.approx(sum(min(w, 1.0) for w in wers) / len(wers))
+        assert row["wli_uncapped"] == pytest.approx(sum(wers) / len(wers)) and row["wli_uncapped"] >= row["wli"]
+        assert row["wli_ci95"][0] <= row["wli"] + 1e-12 and row["wli"] <= row["wli_ci95"][1] + 1e-12
+    assert res["wli_stability"]["items"] == 2 and len(res["wli_stability"]["kept_fraction"]) == 4
     full_items = runs["skip:"]["per_item"]
     assert runs[f"skip:{IDENTITY_LAYER}"]["per_item"] == full_items  # same audio length and transcript, item by item
     # while skipping a real layer does change what is spoken (so the skip is really applied)
@@ -117,6 +125,37 @@ def test_hooked_block_influence_matches_hidden_states(tiny_reference, tiny_corpu
     for i in range(len(hs) - 2):  # the last entry is after the final norm, so the last layer is left out here
         cos = torch.nn.functional.cosine_similarity(hs[i][sel], hs[i + 1][sel], dim=-1)
         assert got["block_influence"][i] == pytest.approx(float(1 - cos.mean()), rel=1e-4, abs=1e-6)
+
+
+def test_speech_loss_of_length_sorted_cut_chunks_equals_one_padded_forward(tiny_reference, tiny_corpus):
+    corpus, _, _ = tiny_corpus
+    tts = ReferenceTTS.from_pretrained(tiny_reference)
+    batch = build_batch(tts, heldout_items(corpus, 2, 4.0, 0), corpus)
+    lengths = batch.attention_mask.sum(1)
+    assert lengths.min() < lengths.max()  # the cut has padding to remove
+    with torch.no_grad():
+        logits = tts.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    sel = batch.target_mask[:, :-1]
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1][sel], batch.input_ids[:, 1:][sel]).item()
+    for chunk in (1, 3):
+        assert speech_loss(tts.model, batch, chunk=chunk) == pytest.approx(ref, rel=1e-5)
+
+
+def test_wli_stability_sees_a_ranking_made_by_one_outlier_item():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    per_item = rng.uniform(0.2, 0.8, (4, 40))
+    per_item[0] += 0.5  # layer 0 matters on every item: always kept
+    stable = wli_stability(per_item, keep=1, resamples=300)
+    assert stable["kept_set"] == [0] and stable["kept_set_agreement"] == 1.0 and stable["kept_fraction"][0] == 1.0
+    lo, hi = stable["wli_ci95"][0]
+    assert lo < per_item[0].mean() < hi
+    per_item[3, 7] = 40.0  # one babbling item transcribed as 40x the words: layer 3 "wins" on it alone
+    lucky = wli_stability(per_item, keep=1, resamples=300)
+    assert lucky["kept_set"] == [3] and 0.5 < lucky["kept_set_agreement"] < 0.8  # absent from ~37 % of resamples
+    capped = wli_stability(np.minimum(per_item, 1.0), keep=1, resamples=300)
+    assert capped["kept_set"] == [0]
 
 
 def test_rank_correlation_is_null_when_undefined():

@@ -75,6 +75,27 @@ def test_resumed_training_matches_an_uninterrupted_run(trained, tiny_tokens, tin
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    best_a = json.load(open(f"{cfg.out_dir}/best.json"))
+    best_b = json.load(open(f"{tmp_path}/best.json"))  # the minimum is tracked across the resume
+    assert best_a["step"] == best_b["step"]
+    assert best_a["heldout_loss"] == pytest.approx(best_b["heldout_loss"], abs=1e-3)
+
+
+def test_best_folder_holds_the_weights_of_the_lowest_heldout_loss(trained, tiny_tokens):
+    cfg, export = trained
+    log = [json.loads(l) for l in open(f"{cfg.out_dir}/train_log.jsonl")]
+    held = [(r["heldout_loss"], r["step"]) for r in log if r.get("heldout_loss") is not None]
+    assert len(held) == 2  # steps 3 and 6
+    best = json.load(open(f"{cfg.out_dir}/best.json"))
+    assert (best["heldout_loss"], best["step"]) == min(held)
+    model = LlamaForCausalLM.from_pretrained(f"{cfg.out_dir}/best").float().eval()
+    val = PairSampler(TokenStore(tiny_tokens), "heldout", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed)
+    with torch.no_grad():
+        loss = np.mean([model(**val.batch(i, cfg.batch_size)).loss.item() for i in range(cfg.heldout_batches)])
+    assert loss == pytest.approx(best["heldout_loss"], rel=2e-2)  # float16 export
+    final = LlamaForCausalLM.from_pretrained(export)
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), final.float().state_dict().values()))
+    assert same == (best["step"] == cfg.steps)
 
 
 def test_synthesis_batched_equals_single_and_guards(trained, tiny_corpus):

@@ -55,6 +55,10 @@ class ScoreConfig:
     max_length_ratio: float = 2.5
     overlap_asr: bool = True  # transcribe one run on a CPU thread while the next one is synthesized
     drop_finished: bool = True  # items that ended leave the decoding batch (same output, less work)
+    bootstrap_resamples: int = 1000  # item resamples behind wli_stability (how much the ranking is luck)
+    # each item's WER counts at most this much in WLI (0 = the plain mean): Whisper hallucinating on babble
+    # gives single items WERs of 10-45 (1,000-4,500 %), which then decide the ranking (docs/layer-importance.md)
+    item_wer_cap: float = 1.0
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -114,52 +118,67 @@ class ScoringRun:
     def key(skip: list[int]) -> str:
         return "skip:" + ",".join(map(str, sorted(skip)))
 
+    def item_wers(self, skip: list[int]) -> np.ndarray:
+        """Per-item WER of a finished run, capped at ``item_wer_cap`` (the quantity WLI averages)."""
+        wers = np.array([r["wer"] for r in self.state["runs"][self.key(skip)]["per_item"]], dtype=float)
+        return np.minimum(wers, self.cfg.item_wer_cap) if self.cfg.item_wer_cap > 0 else wers
+
     def wer(self, skip: list[int]) -> float:
-        """Mean per-item WER with ``skip`` bypassed (cached)."""
+        """Mean per-item (capped) WER with ``skip`` bypassed (cached)."""
         return self.wer_many([skip])[0]
 
     def wer_many(self, skips: list[list[int]], desc: str = "") -> list[float]:
-        """Mean WER of each skip set, running the missing ones (transcription overlapped with synthesis)."""
+        """Mean (capped) WER of each skip set, running the missing ones (transcription overlapped with synthesis).
+
+        A run's stored ``wer`` is the plain mean, so changing the cap needs no new synthesis."""
         from concurrent.futures import ThreadPoolExecutor
+
+        import torch
 
         from spade_tts.pruning.layers import skip_layers
         from spade_tts.reference.evaluate import score_spoken, speak_items
 
         todo = list(dict.fromkeys(self.key(s) for s in skips if self.key(s) not in self.state["runs"]))
         mine = todo[self.rank::self.world]
-        pending = []  # (key, skip, spoken, started, future of the transcripts)
+        pending = []  # (key, skip, spoken, synthesis seconds, future of the transcripts)
 
         def finish(entry) -> None:
-            key, skip, spoken, started, future = entry
+            key, skip, spoken, synth_seconds, future = entry
             rows = score_spoken(spoken, future.result())
             self.state["runs"][key] = {"skip": skip, "wer": float(np.mean([r["wer"] for r in rows])),
-                                       "seconds": round(time.time() - started, 1),
+                                       "seconds": round(synth_seconds, 1),  # synthesis; Whisper overlaps the next run
                                        "per_item": [{k: r[k] for k in ("id", "wer", "transcript", "seconds", "truncated")}
                                                     for r in rows]}
             self.save()
 
         workers = 1 if self.cfg.overlap_asr else 0
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for key in tqdm(mine, desc=desc or "synthesis runs", unit="run", disable=len(mine) < 2 or self.rank > 0):
-                skip = [int(x) for x in key[len("skip:"):].split(",") if x]
-                started = time.time()
-                with skip_layers(self.tts.model, skip):
-                    spoken = speak_items(self.tts, self.items, self.cfg.corpus_dir, self.settings,
-                                         self.cfg.batch_size, desc=key if skip else "full")
-                future = pool.submit(self.asr.transcribe, [res.audio for _, _, res in spoken])
-                pending.append((key, skip, spoken, started, future))
-                if not workers:
-                    finish(pending.pop())
-                while pending and (pending[0][-1].done() or len(pending) > 1):
-                    finish(pending.pop(0))  # keep at most one transcription in flight
-            for entry in pending:
-                finish(entry)
+        threads = torch.get_num_threads()
+        if workers and self.tts.model.device.type == "cpu":  # Whisper has a core of its own, the LM the rest
+            torch.set_num_threads(max(1, threads - 1))  # (oversubscribed OpenMP threads spin)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for key in tqdm(mine, desc=desc or "synthesis runs", unit="run", disable=len(mine) < 2 or self.rank > 0):
+                    skip = [int(x) for x in key[len("skip:"):].split(",") if x]
+                    started = time.time()
+                    with skip_layers(self.tts.model, skip):
+                        spoken = speak_items(self.tts, self.items, self.cfg.corpus_dir, self.settings,
+                                             self.cfg.batch_size, desc=key if skip else "full")
+                    future = pool.submit(self.asr.transcribe, [res.audio for _, _, res in spoken])
+                    pending.append((key, skip, spoken, time.time() - started, future))
+                    if not workers:
+                        finish(pending.pop())
+                    while pending and (pending[0][-1].done() or len(pending) > 1):
+                        finish(pending.pop(0))  # keep at most one transcription in flight
+                for entry in pending:
+                    finish(entry)
+        finally:
+            torch.set_num_threads(threads)
         if self.world > 1 and todo:
             self.processes.wait_for_everyone()
             self._merge_shards()
             if self.rank == 0:
                 self.save()  # state.json now holds every process's runs
-        return [self.state["runs"][self.key(s)]["wer"] for s in skips]
+        return [float(self.item_wers(s).mean()) for s in skips]
 
 
 def proxy_scores(tts, items: list[dict], corpus_dir: str) -> tuple[dict[str, list[float]], float]:
@@ -177,6 +196,34 @@ def proxy_scores(tts, items: list[dict], corpus_dir: str) -> tuple[dict[str, lis
             rise.append(speech_loss(tts.model, batch) - full)
     scores["tf_loss_rise"] = rise
     return scores, full
+
+
+def wli_stability(per_item: np.ndarray, keep: int, resamples: int = 1000, seed: int = 0) -> dict:
+    """How much the WLI ranking depends on which items were drawn: the items resampled with
+    replacement (the same draw for every layer, as the runs share their items), WLI recomputed.
+
+    With sampled decoding and a high-variance WER, a few dozen items can rank layers by luck;
+    this says so in the scores file instead of leaving it to a second run. ``per_item``: (layers,
+    items) WER with each layer skipped. Returns per-layer 95 % intervals, how often each layer is
+    among the ``keep`` most important, how often the whole kept set comes out the same, and the
+    mean Spearman correlation of the resampled rankings with the measured one.
+    """
+    n, m = per_item.shape
+    rng = np.random.default_rng(seed)
+    boot = per_item[:, rng.integers(0, m, (max(1, resamples), m))].mean(-1)  # (layers, resamples)
+
+    def kept(scores: np.ndarray) -> frozenset:  # the most important `keep`, ties to the lower index
+        return frozenset(np.lexsort((np.arange(n), -scores))[:keep].tolist())
+
+    chosen = kept(per_item.mean(1))
+    sets = [kept(boot[:, r]) for r in range(boot.shape[1])]
+    rho = [rank_correlation(per_item.mean(1).tolist(), boot[:, r].tolist()) for r in range(boot.shape[1])]
+    rho = [r for r in rho if r is not None]
+    return {"items": m, "resamples": boot.shape[1], "keep": keep, "kept_set": sorted(chosen),
+            "kept_set_agreement": float(np.mean([s == chosen for s in sets])),
+            "kept_fraction": [float(np.mean([i in s for s in sets])) for i in range(n)],
+            "wli_ci95": [[float(a), float(b)] for a, b in zip(*np.percentile(boot, [2.5, 97.5], axis=1))],
+            "mean_spearman": float(np.mean(rho)) if rho else None}
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float | None:
@@ -206,8 +253,6 @@ def iterative_removal(n_layers: int, keep: int, score_of, prefetch=None) -> list
 
 
 def score_layers(cfg: ScoreConfig) -> dict:
-    import torch
-
     from spade_tts.pruning.layers import decoder_layers, model_fingerprint
     from spade_tts.reference.evaluate import heldout_items
     from spade_tts.reference.synth import ReferenceTTS
@@ -233,13 +278,7 @@ def score_layers(cfg: ScoreConfig) -> dict:
     overlap = cfg.wli and cfg.overlap_asr and device == "cpu"
     asr = get_transcriber(cfg.asr_model or None, cpu_threads=1 if overlap else 0) if cfg.wli else None
     run = ScoringRun(cfg, tts, items, fingerprint, asr, processes)
-    torch_threads = torch.get_num_threads()
-    if overlap:  # Whisper gets one core of its own; the LM the rest (oversubscribed OpenMP threads spin)
-        torch.set_num_threads(max(1, torch_threads - 1))
-    try:
-        return _score(cfg, tts, items, run, fingerprint, n, keep)
-    finally:
-        torch.set_num_threads(torch_threads)
+    return _score(cfg, tts, items, run, fingerprint, n, keep)
 
 
 def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprint: str, n: int, keep: int) -> dict:
@@ -257,14 +296,28 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
     per_layer = [{"layer": i, **{m: float(proxies[m][i]) for m in PROXY_METRICS}} for i in range(n)]
     metrics = list(PROXY_METRICS)
     full_wer = None
+    wli_wall, wli_new = 0.0, 0
     if cfg.wli:
-        full_wer, *wli = run.wer_many([[]] + [[i] for i in range(n)], desc="WLI (full model, then one layer skipped)")
+        skips = [[]] + [[i] for i in range(n)]
+        wli_new = sum(run.key(s) not in run.state["runs"] for s in skips)
+        wli_wall = time.time()
+        full_wer, *wli = run.wer_many(skips, desc="WLI (full model, then one layer skipped)")
+        wli_wall = time.time() - wli_wall
         for i in range(n):
             per_layer[i]["wli"] = per_layer[i]["wer"] = wli[i]
+            per_layer[i]["wli_uncapped"] = run.state["runs"][run.key([i])]["wer"]
         metrics = ["wli"] + metrics
     result = {"format": "spade-scores/1", "model": cfg.model or "built-in", "model_fingerprint": fingerprint,
-              "num_layers": n, "full_wer": full_wer, "full_tf_loss": full_loss, "metrics": metrics,
+              "num_layers": n, "full_wer": full_wer, "item_wer_cap": cfg.item_wer_cap if cfg.wli else None,
+              "full_wer_uncapped": run.state["runs"][run.key([])]["wer"] if cfg.wli else None,
+              "full_tf_loss": full_loss, "metrics": metrics,
               "items": len(items), "speakers": len({it["speaker"] for it in items}), "layers": per_layer}
+    if cfg.wli:
+        per_item = np.array([run.item_wers([i]) for i in range(n)])
+        result["wli_stability"] = wli_stability(per_item, keep, cfg.bootstrap_resamples, cfg.seed)
+        for i, row in enumerate(per_layer):
+            row["wli_ci95"] = result["wli_stability"]["wli_ci95"][i]
+            row["kept_fraction"] = result["wli_stability"]["kept_fraction"][i]
 
     if cfg.iterative and (cfg.wli or cfg.iterative_metric == "tf_loss_rise"):
         if cfg.iterative_metric == "wli":  # each round's candidates run together (spread over processes)
@@ -292,8 +345,8 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
                             desc=f"cut to {keep} layers")
         result["cut_to_keep"] = {m: {"keep": kept, "wer": w} for (m, kept), w in zip(selections.items(), cuts)}
     result["seconds"] = round(time.time() - start, 1)
-    result["seconds_per_layer_item"] = (round(sum(run.state["runs"][f"skip:{i}"]["seconds"] for i in range(n))
-                                        / (n * len(items)), 3) if cfg.wli else None)
+    # wall time of the WLI passes this call ran (full model + one per layer), per pass and item; None if all were cached
+    result["seconds_per_layer_item"] = round(wli_wall / (wli_new * len(items)), 3) if wli_new else None
     if run.rank > 0:  # every process computed the same result; process 0 writes it
         return result
     out = Path(cfg.out_dir)
@@ -313,7 +366,16 @@ def format_table(result: dict) -> str:
     for row in result["layers"]:
         lines.append(f"{row['layer']:>5}  " + "  ".join(f"{row[m]:>15.4f}" for m in metrics))
     if result.get("full_wer") is not None:
-        lines.append(f"full model WER {100 * result['full_wer']:.1f} % on {result['items']} items")
+        cap = result.get("item_wer_cap")
+        lines.append(f"full model WER {100 * result['full_wer']:.1f} % on {result['items']} items"
+                     + (f" (each item's WER capped at {100 * cap:.0f} %; plain mean "
+                        f"{100 * result['full_wer_uncapped']:.1f} %)" if cap else ""))
+    if result.get("wli_stability"):
+        st = result["wli_stability"]
+        lines.append(f"WLI's {st['keep']} most important layers {st['kept_set']} come out the same in "
+                     f"{100 * st['kept_set_agreement']:.0f} % of item resamples (mean Spearman "
+                     f"{st['mean_spearman'] if st['mean_spearman'] is None else round(st['mean_spearman'], 2)}); "
+                     "a low figure means more items (items_per_speaker=) before trusting the ranking")
     for m, sel in result.get("cut_to_keep", {}).items():
         lines.append(f"cut to {len(sel['keep'])} layers by {m:>15}: WER {100 * sel['wer']:6.1f} %  kept {sel['keep']}")
     return "\n".join(lines)

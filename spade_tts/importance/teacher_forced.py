@@ -62,15 +62,27 @@ def _hidden(x):
     return x[0] if isinstance(x, tuple) else x
 
 
+def _chunks(batch: TeacherForcedBatch, chunk: int, device):
+    """(ids, mask, target) of ``chunk`` items at a time, items of similar length together and each
+    chunk cut to its longest item: right padding is never attended to by the real tokens (causal
+    attention), so the cut changes nothing but the work, which padding to the longest of 50+
+    items would otherwise nearly double."""
+    lengths = batch.attention_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    for i in range(0, len(order), chunk):
+        rows = order[i : i + chunk]
+        width = int(lengths[rows].max())
+        yield (batch.input_ids[rows, :width].to(device), batch.attention_mask[rows, :width].to(device),
+               batch.target_mask[rows, :width].to(device))
+
+
 @torch.no_grad()
 def speech_loss(model, batch: TeacherForcedBatch, chunk: int = 8) -> float:
     """Mean next-token cross-entropy over the target positions (the quantity skipping a layer raises)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(batch.input_ids), chunk):
-        ids = batch.input_ids[i : i + chunk].to(device)
-        logits = model(input_ids=ids, attention_mask=batch.attention_mask[i : i + chunk].to(device)).logits
-        sel = batch.target_mask[i : i + chunk].to(device)
+    for ids, mask, sel in _chunks(batch, chunk, device):
+        logits = model(input_ids=ids, attention_mask=mask).logits
         nll = F.cross_entropy(logits[:, :-1][sel[:, :-1]].float(), ids[:, 1:][sel[:, :-1]], reduction="sum")
         total, count = total + float(nll), count + int(sel[:, :-1].sum())
     return total / max(count, 1)
@@ -96,11 +108,10 @@ def block_similarity(model, layers, batch: TeacherForcedBatch, chunk: int = 8) -
 
     handles = [layer.register_forward_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
-        for i in range(0, len(batch.input_ids), chunk):
-            current["sel"] = batch.target_mask[i : i + chunk].to(device)
-            model(input_ids=batch.input_ids[i : i + chunk].to(device),
-                  attention_mask=batch.attention_mask[i : i + chunk].to(device))
-            count += int(current["sel"].sum())
+        for ids, mask, sel in _chunks(batch, chunk, device):
+            current["sel"] = sel
+            model(input_ids=ids, attention_mask=mask)
+            count += int(sel.sum())
     finally:
         for h in handles:
             h.remove()

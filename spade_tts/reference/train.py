@@ -42,8 +42,10 @@ class ReferenceTrainConfig:
     weight_decay: float = 0.05
     max_prompt_seconds: float = 4.0
     max_target_seconds: float = 7.5
-    save_every: int = 250
+    save_every: int = 250  # checkpoint, held-out loss and (when it is the lowest so far) best/ every this many steps
     log_every: int = 25
+    heldout_batches: int = 4  # the held-out loss averages this many fixed batches of held-out pairs
+    attention_dropout: float = 0.0
     time_budget_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
     export_dtype: str = "float16"  # weights committed to git are stored in half precision
     loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
@@ -68,6 +70,7 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
         max_position_embeddings=2048, tie_word_embeddings=True,
         pad_token_id=vocab.pad, bos_token_id=vocab.special("bos"), eos_token_id=vocab.speech_end,
+        attention_dropout=cfg.attention_dropout,
     )
     return LlamaForCausalLM(config)
 
@@ -151,11 +154,28 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         if val is None:
             return None
         model.eval()
-        batch = {k: v.to(device) for k, v in val.batch(0, cfg.batch_size).items()}
-        with autocast:
-            loss = model(**batch).loss.item()
+        losses = []
+        for i in range(max(1, cfg.heldout_batches)):  # the same pairs every time: losses compare across steps
+            batch = {k: v.to(device) for k, v in val.batch(i, cfg.batch_size).items()}
+            with autocast:
+                losses.append(model(**batch).loss.item())
         model.train()
-        return round(loss, 4)
+        return round(sum(losses) / len(losses), 4)
+
+    best_file = out / "best.json"
+    best = json.loads(best_file.read_text()) if best_file.is_file() and step > 0 else None
+
+    def keep_if_best(loss: float | None) -> None:
+        """The held-out loss bottoms out and rises again as a small model memorises its sentences,
+        so the weights at the minimum are exported to best/ when they are reached."""
+        nonlocal best
+        if loss is None or (best is not None and loss >= best["heldout_loss"]):
+            return
+        export(model, vocab, cfg, out / "best")
+        best = {"step": step, "heldout_loss": loss}
+        tmp = best_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(best))
+        os.replace(tmp, best_file)
 
     # Batches are a pure function of the step, so worker processes can build them ahead.
     loader = torch.utils.data.DataLoader(StepBatches(sampler, cfg.batch_size, step, cfg.steps), batch_size=None,
@@ -180,6 +200,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
             rec = {"step": step, "loss": round(loss.item(), 4), "lr": lr, "seconds": round(time.time() - start, 1)}
             if step % cfg.save_every == 0 or step == cfg.steps:
                 rec["heldout_loss"] = heldout_loss()
+                keep_if_best(rec["heldout_loss"])
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix(loss=rec["loss"])
@@ -193,4 +214,6 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
     model.eval()
     export(model.float(), vocab, cfg, out / "export")
     print(f"exported {out / 'export'} at step {step}")
+    if best is not None:
+        print(f"lowest held-out loss {best['heldout_loss']} at step {best['step']}: {out / 'best'}")
     return out / "export"
