@@ -149,14 +149,17 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
     def time_progress() -> float:
         return (time.time() - start) / budget if budget > 0 else 0.0
 
+    # the same held-out pairs at every evaluation, so the losses compare across steps; built once
+    heldout_batches = [val.batch(i, cfg.batch_size) for i in range(max(1, cfg.heldout_batches))] if val else []
+
     @torch.no_grad()
     def heldout_loss() -> float | None:
         if val is None:
             return None
         model.eval()
         losses = []
-        for i in range(max(1, cfg.heldout_batches)):  # the same pairs every time: losses compare across steps
-            batch = {k: v.to(device) for k, v in val.batch(i, cfg.batch_size).items()}
+        for batch in heldout_batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
                 losses.append(model(**batch).loss.item())
         model.train()
