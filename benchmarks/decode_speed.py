@@ -31,15 +31,21 @@ reported too, as it is less sensitive to other jobs on a shared machine. Methods
   static_graphs   StaticDecoder(cuda_graphs=True), trimmed head (CUDA only)
   static_fused    static_speech with fuse_projections=True (one q/k/v and one gate/up matmul per layer)
   static_graphs_fused  static_graphs with fuse_projections=True (CUDA only)
+  static_int8     static_speech with int8_weights=True: int8 weight copies with bf16 activations in
+                  the decode step's matmuls (CPU only, lossy: "same tokens" reports its greedy agreement)
+  static_int8_fused  static_int8 with fuse_projections=True
   static_compiled StaticDecoder(compile=True), torch's reduce-overhead CUDA graphs, trimmed head
   static_compiled_graphs  StaticDecoder(compile=True, cuda_graphs=True): inductor-fused step in
                   our own graph, trimmed head; with --compile on CUDA (CPU: static_compiled);
                   --fuse adds fuse_projections
+  static_compiled_int8  StaticDecoder(compile=True, int8_weights=True), trimmed head (CPU only)
+  static_compiled_int8_fused  the same with fuse_projections=True
 
 The prompt is random speech tokens after <bos> (seeded): decode speed does not depend on content.
 The JSON (``--json``) names the machine; on a shared machine, pass ``--threads`` to pin torch's
-thread count (the CPU table in docs/decoding.md used ``--threads 1``) and read the load average
-it records.
+thread count and read the load average it records. ``--threads 1,2`` times every method at each
+count in the same run (the best count differs: HF ``generate`` is fastest on one thread here,
+the int8 paths on two); the last table compares each method at its best count.
 """
 from __future__ import annotations
 
@@ -94,7 +100,8 @@ SHAPES = {
 
 
 TRIMMED = ("static_speech", "static_graphs", "static_fused", "static_graphs_fused", "static_compiled",
-           "static_compiled_graphs")
+           "static_compiled_graphs", "static_int8", "static_int8_fused", "static_compiled_int8",
+           "static_compiled_int8_fused")
 
 
 def build_model(shape: str, layers: int, dtype, device):
@@ -175,7 +182,7 @@ def static_runner(head_rows=None, **options):
     decoders: dict = {}
 
     def run(model, ids, mask, n):
-        key = (ids.shape[0], ids.shape[1] + n)
+        key = (ids.shape[0], ids.shape[1] + n, torch.get_num_threads())  # inductor's C++ bakes in the thread count
         if key not in decoders:  # built once per shape, like a server keeps one (and compiles once)
             decoders[key] = StaticDecoder(model, ids.shape[0], ids.shape[1] + n, head_rows=head_rows, **options)
         dec = decoders[key]
@@ -209,10 +216,11 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
+    ap.add_argument("--threads", default="0", help="torch.set_num_threads, or a list (1,2) to time every method at "
+                                                  "each; 0: leave torch's default")
     ap.add_argument("--methods", default="hf_generate,hf_loop,static_full,static_speech")
     ap.add_argument("--compile", action="store_true", help="also time StaticDecoder(compile=True)")
-    ap.add_argument("--compile-batches", default="", help="time the compiled method only at these batch sizes "
+    ap.add_argument("--compile-batches", default="", help="time the compiled methods only at these batch sizes "
                     "(each batch size compiles anew; default: all)")
     ap.add_argument("--fuse", action="store_true", help="the compiled method fuses q/k/v and gate/up matmuls")
     ap.add_argument("--shape", choices=["builtin", *SHAPES], default="builtin")
@@ -222,8 +230,9 @@ def main(argv=None) -> int:
 
     import transformers
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = [int(t) for t in str(args.threads).split(",") if t] or [0]
+    if thread_counts[0]:
+        torch.set_num_threads(thread_counts[0])
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     model, speech_rows, prompt_ids, model_desc = build_model(args.shape, args.layers, dtype, device)
@@ -238,6 +247,11 @@ def main(argv=None) -> int:
         "static_graphs": static_runner(head_rows=speech_rows, cuda_graphs=True),
         "static_fused": static_runner(head_rows=speech_rows, fuse_projections=True),
         "static_graphs_fused": static_runner(head_rows=speech_rows, cuda_graphs=True, fuse_projections=True),
+        "static_int8": static_runner(head_rows=speech_rows, int8_weights=True),
+        "static_int8_fused": static_runner(head_rows=speech_rows, int8_weights=True, fuse_projections=True),
+        "static_compiled_int8": static_runner(head_rows=speech_rows, int8_weights=True, compile=True),
+        "static_compiled_int8_fused": static_runner(head_rows=speech_rows, int8_weights=True, compile=True,
+                                                    fuse_projections=True),
     }
     chosen = [m for m in args.methods.split(",") if m]
     compiled = None
@@ -273,9 +287,11 @@ def main(argv=None) -> int:
           f"{machine['torch_threads']} torch threads), torch {torch.__version__}, transformers "
           f"{transformers.__version__}, {args.dtype}; {model_desc}; prompt {args.prompt_len}, {args.new_tokens} "
           f"new tokens, greedy", flush=True)
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch, threads in [(int(b), t) for b in args.batches.split(",") for t in thread_counts]:
+        if threads:
+            torch.set_num_threads(threads)
         ids, mask = make_prompts(batch, args.prompt_len, prompt_ids, device)
-        here = [m for m in chosen if m != compiled or not compile_batches or batch in compile_batches]
+        here = [m for m in chosen if "compiled" not in m or not compile_batches or batch in compile_batches]
         peaks = {}
         for name in here:
             t0 = time.perf_counter()
@@ -303,7 +319,7 @@ def main(argv=None) -> int:
             ref_name = trimmed_ref if name in TRIMMED else full_ref
             med, med_cpu = statistics.median(walls[name]), statistics.median(cpus[name])
             same = float((toks[name] == toks[ref_name]).float().mean())
-            row = {"batch": batch, "method": name, "tokens_per_s": batch * args.new_tokens / med,
+            row = {"batch": batch, "threads": torch.get_num_threads(), "method": name, "tokens_per_s": batch * args.new_tokens / med,
                    "ms_per_step": 1e3 * med / args.new_tokens,
                    "tokens_per_cpu_s": batch * args.new_tokens / med_cpu, "seconds": walls[name],
                    "cpu_seconds": cpus[name], "same_tokens_as": ref_name, "same_tokens_fraction": same,
@@ -312,21 +328,35 @@ def main(argv=None) -> int:
                    "peak_mem_mib": round(peaks[name] / 2 ** 20, 1) if name in peaks else None}
             results.append(row)
             mem = f"  peak {row['peak_mem_mib']:.0f} MiB" if row["peak_mem_mib"] is not None else ""
-            print(f"batch {batch:2d}  {name:16s} {row['tokens_per_s']:9.1f} tok/s  {row['ms_per_step']:7.2f} ms/step  "
+            print(f"batch {batch:2d}  threads {row['threads']}  {name:16s} {row['tokens_per_s']:9.1f} tok/s  {row['ms_per_step']:7.2f} ms/step  "
                   f"RTF(LM) {row['rtf_lm']:.3f}  {row['tokens_per_cpu_s']:9.1f} tok/CPU-s{mem}  same tokens as "
                   f"{ref_name}: {100 * same:.1f} %", flush=True)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
-    base = "hf_loop" if "hf_loop" in chosen else "hf_generate"
-    for key, title in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU-second")):
-        print(f"\n{title}\n| batch | " + " | ".join(chosen) + f" | fastest / {base} |")
-        print("|---|" + "---|" * (len(chosen) + 1))
-        for batch in sorted({r["batch"] for r in results}):
-            rows = {r["method"]: r for r in results if r["batch"] == batch}
-            cells = [f"{rows[m][key]:.1f}" if m in rows else "-" for m in chosen]
+    base = "hf_generate" if "hf_generate" in chosen else "hf_loop"
+
+    def table(title, key, groups):
+        print(f"\n{title}\n| batch | threads | " + " | ".join(chosen) + f" | fastest / {base} |")
+        print("|---|---|" + "---|" * (len(chosen) + 1))
+        for (batch, threads), rows in groups:
+            cells = [f"{rows[m][key]:.1f}" + (f" ({rows[m]['threads']})" if threads == "best" else "")
+                     if m in rows else "-" for m in chosen]
             best = max((r for m, r in rows.items() if m.startswith("static")), key=lambda r: r[key], default=None)
             ratio = f"{best[key] / rows[base][key]:.2f}x ({best['method']})" if best and base in rows else "-"
-            print(f"| {batch} | " + " | ".join(cells) + f" | {ratio} |")
+            print(f"| {batch} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
+
+    keys = sorted({(r["batch"], r["threads"]) for r in results})
+    for key, title in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU-second")):
+        table(title, key, [(k, {r["method"]: r for r in results if (r["batch"], r["threads"]) == k}) for k in keys])
+    if len(thread_counts) > 1:  # every method at its own best thread count
+        best_rows = []
+        for batch in sorted({b for b, _ in keys}):
+            rows = {}
+            for r in results:
+                if r["batch"] == batch and r["tokens_per_s"] > rows.get(r["method"], {"tokens_per_s": 0})["tokens_per_s"]:
+                    rows[r["method"]] = r
+            best_rows.append(((batch, "best"), rows))
+        table("tokens/s (wall), each method at its best thread count", "tokens_per_s", best_rows)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "setup": setup, "results": results,

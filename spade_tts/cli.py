@@ -173,7 +173,7 @@ def cmd_synth(args) -> None:
         prompt_audio, prompt_text = load_audio(args.prompt_audio), args.prompt_text
     tts = ReferenceTTS.from_pretrained(args.model, device=args.device)
     settings = GenerationSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                  max_seconds=args.max_seconds)
+                                  max_seconds=args.max_seconds, decoder="static-int8" if args.int8 else "static")
     res = tts.synthesize([args.text], prompt_audio, prompt_text, settings)[0]
     save_wav(args.output, res.audio, res.sample_rate)
     note = f", {res.guard_hits} phone(s) cut by the length guard" if res.guard_hits else ""
@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=20.0, help="length guard for runaway generation")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--int8", action="store_true", help="built-in/reference models on the CPU: int8 weights in the "
+                                                        "decode step (faster at batch 1, slightly lossy; docs/decoding.md)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval-reference", help="WER and speaker similarity on the held-out set",

@@ -158,6 +158,9 @@ def test_static_decoder_speaks_exactly_like_hf_forward(trained, temperature):
     fast = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="static", **kw))
     ref = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="hf", **kw))
     assert fast == ref and all(len(codes) > 0 for codes, _, _ in fast)
+    # int8 weights (lossy): still reads every phone, in order, and emits only valid codes
+    int8 = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="static-int8", **kw))
+    assert all(0 < len(codes) and 0 <= min(codes) and max(codes) < v.num_speech for codes, _, _ in int8)
     with pytest.raises(ValueError, match="decoder="):
         generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="bogus"))
 

@@ -270,3 +270,49 @@ def dec_step_reference(model, ids, mask, feed, rows, last):
     for tok in feed:
         dec.step(tok[rows])
     return dec.step(last)
+
+
+def test_int8_weight_is_the_nearest_grid_product():
+    """Int8Weight: each weight within half a quantization step; mm = bf16 activations times that grid."""
+    from spade_tts.decoding.int8_weights import Int8Weight
+
+    torch.manual_seed(0)
+    w = torch.randn(48, 40) * torch.linspace(0.01, 2.0, 40)  # (in, out), output channels of very different scale
+    q = Int8Weight(w)
+    step = q.scale.float()
+    deq = q.dequantized()
+    assert deq.shape == w.shape
+    assert bool(((deq - w).abs() <= step[None, :] * 0.5 + 1e-7).all())
+    assert bool((q.q.abs().amax(dim=1) >= 126).all())  # the grid spans each channel's range
+    x, b = torch.randn(3, 48), torch.randn(40)
+    got = q.mm(x, b)
+    assert got.dtype == torch.float32
+    want = x.bfloat16().float() @ deq + b
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().mean()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_int8_weights_track_the_float_decoder(arch, fuse):
+    """int8_weights: logits within a few % of the float decoder's (lossy by design), heads trimmed alike."""
+    model = make_model(arch)
+    ids, mask = padded_batch([8, 3, 6])
+    feed = [torch.randint(1, VOCAB, (3,), generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    ref = static_logits(StaticDecoder(model, 3, 14, head_rows=slice(10, 100)), ids, mask, feed)
+    dec = StaticDecoder(model, 3, 14, head_rows=slice(10, 100), int8_weights=True, fuse_projections=fuse)
+    got = static_logits(dec, ids, mask, feed)
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape and g.dtype == torch.float32
+        rel = float((g - r).norm() / r.norm())
+        assert 0 < rel < 0.03, rel  # really quantized, and close
+    # the model's own weights are untouched and still drive a float decoder exactly
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    torch.testing.assert_close(static_logits(StaticDecoder(model, 3, 14, head_rows=slice(10, 100)), ids, mask, feed)[-1],
+                               ref[-1])
+
+
+def test_int8_weights_refuse_gpu_paths():
+    model = make_model("llama").to("meta")  # any non-CPU device
+    with pytest.raises(ValueError, match="eager CPU path") as err:
+        StaticDecoder(model, 1, 8, int8_weights=True)
+    assert "\n" not in str(err.value)

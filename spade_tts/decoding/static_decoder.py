@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spade_tts.decoding.int8_weights import Int8Weight, int8_matmul_available
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 _MAX_HEAD_RUNS = 16  # head_rows made of at most this many contiguous runs use views of the head
 _LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
@@ -72,6 +74,8 @@ def _linear_params(mod: nn.Module, what: str) -> tuple[torch.Tensor, torch.Tenso
 
 def _mm(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, wt.t(), b)`` for 2-D ``x``, minus F.linear's per-call transpose (the ops it runs)."""
+    if type(wt) is Int8Weight:
+        return wt.mm(x, b)
     return torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)
 
 
@@ -121,6 +125,12 @@ class StaticDecoder:
       later weight updates are not seen). Three fewer matmul launches per layer, which is what
       a small-hidden model such as CosyVoice 2's LM (896 wide) spends its step on. Same
       arithmetic, so logits match to rounding.
+    * ``int8_weights``: decode steps multiply by int8 copies of the projection and head weights
+      (one bfloat16 scale per output channel, activations rounded to bfloat16 for the product;
+      ``spade_tts.decoding.int8_weights``). CPU only, eager only. A quarter of the weight bytes
+      per token, which is what a batch-1 CPU step is bound by; lossy (logits move by ~1 %), so
+      it is an opt-in for synthesis and never used by scoring. ``prefill`` still runs the float
+      weights through the layers (the prompt's KV cache is exact); its logits use the int8 head.
     * ``static_shapes``: steps attend over the whole ``max_len`` cache through the mask (the
       fixed shapes CUDA graphs need) instead of over a view of the filled slots. Slower on CPU;
       defaults to ``compile or cuda_graphs``.
@@ -129,7 +139,7 @@ class StaticDecoder:
     def __init__(self, model: nn.Module, max_batch: int, max_len: int,
                  head_rows: slice | torch.Tensor | list[int] | None = None, dtype: torch.dtype | None = None,
                  compile: bool = False, static_shapes: bool | None = None, compile_kwargs: dict | None = None,
-                 cuda_graphs: bool = False, fuse_projections: bool = False):
+                 cuda_graphs: bool = False, fuse_projections: bool = False, int8_weights: bool = False):
         cfg = model.config
         mtype = getattr(cfg, "model_type", None)
         if mtype not in SUPPORTED_MODEL_TYPES:
@@ -146,6 +156,12 @@ class StaticDecoder:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, not {self.device}; "
                              "move it with model.to('cuda') or leave cuda_graphs off")
+        if int8_weights:
+            if self.device.type != "cpu" or cuda_graphs:
+                raise ValueError("int8_weights=True is an eager CPU path: leave compile and cuda_graphs off and keep "
+                                 f"the model on the CPU (it is on {self.device})")
+            if not int8_matmul_available():
+                raise ValueError(f"int8_weights=True needs torch._weight_int8pack_mm (torch >= 2.4); this is {torch.__version__}")
         self.static = bool(compile or cuda_graphs) if static_shapes is None else bool(static_shapes)
         if cuda_graphs and not self.static:
             raise ValueError("cuda_graphs=True needs static_shapes=True (a graph replays fixed shapes)")
@@ -219,6 +235,9 @@ class StaticDecoder:
             self._slot = torch.zeros(1, dtype=torch.long, device=self.device)
             self._arange = torch.arange(self.max_len, device=self.device)
             self._setup_head(model, cfg, head_rows)
+            self._step_layers = self._layers
+            if int8_weights:
+                self._quantize()
         self._batch = 0  # rows of the current generation; 0 before prefill
         self._t = 0  # filled cache slots
         self._prompt_len = 0
@@ -236,6 +255,17 @@ class StaticDecoder:
         def cat(*ts):
             return None if ts[0] is None else torch.cat(ts, dim=-1).contiguous()
         return cat(wq, wk, wv), cat(bq, bk, bv), cat(wg, wu), cat(bg, bu)
+
+    _WEIGHT_SLOTS = (1, 3, 5, 7, 12, 14, 16)  # wq, wk, wv, wo, wg, wu, wd in a layer tuple
+
+    def _quantize(self):
+        """Int8 copies of every decode-step weight (the float ones stay for ``prefill``'s layers)."""
+        def q8(w):
+            return None if w is None else Int8Weight(w)
+        self._step_layers = [tuple(q8(v) if i in self._WEIGHT_SLOTS else v for i, v in enumerate(layer))
+                             for layer in self._layers]
+        self._fused = [None if f is None else (q8(f[0]), f[1], q8(f[2]), f[3]) for f in self._fused]
+        self._head = [(q8(wt), b) for wt, b in self._head]
 
     # ------------------------------------------------------------------ output head
     def _setup_head(self, model, cfg, head_rows):
@@ -453,7 +483,7 @@ class StaticDecoder:
         else:
             end = t + 1
             full_mask = mask_b[..., :end] if self._has_pad else None
-        for (kc, vc), layer, fused in zip(caches, self._layers, self._fused):
+        for (kc, vc), layer, fused in zip(caches, self._step_layers, self._fused):
             ((nw, neps), wq, bq, wk, bk, wv, bv, wo, bo, qn, kn, (pw, peps),
              wg, bg, wu, bu, wd, bd, act, window, nh, nkv, hd, scale) = layer
             h = rms(x, nw, neps)
@@ -477,10 +507,8 @@ class StaticDecoder:
                 vc.index_copy_(2, slot, v.unsqueeze(2))
                 keys, values, m = kc, vc, masks[window]
             else:
-                kslot = kc[:, :, t]
-                torch.mul(k, cos, out=kslot)
-                kslot.add_(k.roll(half, -1).mul_(sin))
-                vc[:, :, t].copy_(v)
+                kc.narrow(2, t, 1).copy_((k * cos + k.roll(half, -1) * sin).unsqueeze(2))
+                vc.narrow(2, t, 1).copy_(v.unsqueeze(2))
                 if window is None:
                     keys, values, m = kc[:, :, :end], vc[:, :, :end], full_mask
                 else:

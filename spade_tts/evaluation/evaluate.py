@@ -54,6 +54,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_p: float = 0.8
     max_seconds: float = 20.0  # length guard per item
+    decoder: str = "static"  # "static-int8": int8 weights in the decode step (CPU only, lossy; docs/decoding.md)
     out_dir: str = "runs/eval"  # audio and per-model results (resumable)
     json: str = ""  # results JSON; empty = OUT_DIR/eval.json
     asr_model: str = ""  # empty = the offline Whisper tiny.en; a local faster-whisper/HF Whisper folder otherwise
@@ -71,7 +72,8 @@ class EvalConfig:
 def settings_of(cfg: EvalConfig):
     from spade_tts.reference.synth import GenerationSettings
 
-    return GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, max_seconds=cfg.max_seconds)
+    return GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, max_seconds=cfg.max_seconds,
+                              decoder=cfg.decoder)
 
 
 def load_items(cfg: EvalConfig) -> tuple[list[dict], str]:
@@ -117,6 +119,8 @@ def _cache_key(cfg: EvalConfig, spec, items: list[dict]) -> tuple[str, dict]:
              "n_items": len(items),
              "settings": {k: getattr(cfg, k) for k in ("seed", "temperature", "top_p", "max_seconds", "asr_model",
                                                         "device", "warmup", "rtf_runs", "rtf_items", "dnsmos", "isolate")}}
+    if cfg.decoder != "static":  # only when set, so results stored before the option existed stay valid
+        parts["settings"]["decoder"] = cfg.decoder
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
 
 

@@ -40,7 +40,9 @@ class GenerationSettings:
     max_phone_seconds: float = 0.6
     max_seconds: float = 20.0
     any_move_on: bool = True  # time phones by the probability of any phone/end token (see choose_tokens)
-    decoder: str = "static"  # "static": preallocated KV cache, speech/stop rows of the head only; "hf": HF forward
+    # "static": preallocated KV cache, speech/stop rows of the head only; "static-int8": the same with int8
+    # weight copies in the decode step (CPU only, lossy, faster at small batches); "hf": HF forward
+    decoder: str = "static"
     # > 0: also cut an item at this many times the length its prompt's speaking rate predicts
     # (prompt frames per prompt phone x target phones): a broken model's babble ends early
     max_length_ratio: float = 0.0
@@ -126,14 +128,17 @@ def _decoder(model, vocab: Vocab, settings: GenerationSettings, batch: int, max_
     """The decode path: logits come back as columns ``offset..`` of the vocabulary."""
     if settings.decoder == "hf":
         return _HFSteps(model)
-    if settings.decoder != "static":
-        raise ValueError(f"decoder={settings.decoder!r}: use static or hf")
+    if settings.decoder not in ("static", "static-int8"):
+        raise ValueError(f"decoder={settings.decoder!r}: use static, static-int8 or hf")
+    int8 = settings.decoder == "static-int8"
+    if int8 and model.device.type != "cpu":
+        raise ValueError(f"decoder=static-int8 is a CPU path and the model is on {model.device}; use decoder=static")
     from spade_tts.decoding import StaticDecoder
 
     # only speech_end, the phones and the speech codes can follow <speech_start>: the head keeps those rows
     # on a GPU each step is one CUDA-graph replay (launch-bound otherwise); rows then stay in the batch
     dec = StaticDecoder(model, max_batch=batch, max_len=max_len, head_rows=slice(vocab.speech_end, vocab.size),
-                        cuda_graphs=model.device.type == "cuda")
+                        cuda_graphs=model.device.type == "cuda", int8_weights=int8)
     dec.offset = vocab.speech_end
     return dec
 
