@@ -313,6 +313,21 @@ def test_int8_weights_track_the_float_decoder(arch, fuse):
 
 def test_int8_weights_refuse_gpu_paths():
     model = make_model("llama").to("meta")  # any non-CPU device
-    with pytest.raises(ValueError, match="eager CPU path") as err:
+    with pytest.raises(ValueError, match="CPU path") as err:
         StaticDecoder(model, 1, 8, int8_weights=True)
     assert "\n" not in str(err.value)
+
+
+def test_int8_step_traces_as_one_graph():
+    """The compiled int8 path (the fastest CPU decoder) traces with fullgraph=True and decodes as the eager one."""
+    model = make_model("llama", num_hidden_layers=2)
+    ids, mask = padded_batch([5, 3])
+    ref = generate_greedy(model, ids, mask, 6, decoder=StaticDecoder(model, 2, 12, int8_weights=True,
+                                                                       static_shapes=True))
+    decoder = StaticDecoder(model, 2, 12, int8_weights=True, compile=True,
+                            compile_kwargs={"backend": "eager", "fullgraph": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = generate_greedy(model, ids, mask, 6, decoder=decoder)
+    assert decoder._compiled is not None
+    assert torch.equal(got, ref)

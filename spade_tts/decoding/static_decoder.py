@@ -127,7 +127,7 @@ class StaticDecoder:
       arithmetic, so logits match to rounding.
     * ``int8_weights``: decode steps multiply by int8 copies of the projection and head weights
       (one bfloat16 scale per output channel, activations rounded to bfloat16 for the product;
-      ``spade_tts.decoding.int8_weights``). CPU only, eager only. A quarter of the weight bytes
+      ``spade_tts.decoding.int8_weights``). CPU only (eager or compiled). A quarter of the weight bytes
       per token, which is what a batch-1 CPU step is bound by; lossy (logits move by ~1 %), so
       it is an opt-in for synthesis and never used by scoring. ``prefill`` still runs the float
       weights through the layers (the prompt's KV cache is exact); its logits use the int8 head.
@@ -157,9 +157,9 @@ class StaticDecoder:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, not {self.device}; "
                              "move it with model.to('cuda') or leave cuda_graphs off")
         if int8_weights:
-            if self.device.type != "cpu" or cuda_graphs:
-                raise ValueError("int8_weights=True is an eager CPU path: leave compile and cuda_graphs off and keep "
-                                 f"the model on the CPU (it is on {self.device})")
+            if self.device.type != "cpu":  # (cuda_graphs on a CPU model was refused just above)
+                raise ValueError(f"int8_weights=True is a CPU path and the model is on {self.device}; "
+                                 "keep the model on the CPU or leave int8_weights off")
             if not int8_matmul_available():
                 raise ValueError(f"int8_weights=True needs torch._weight_int8pack_mm (torch >= 2.4); this is {torch.__version__}")
         self.static = bool(compile or cuda_graphs) if static_shapes is None else bool(static_shapes)
