@@ -16,7 +16,7 @@ from spade_tts.evaluation.items import parse_items_file
 from spade_tts.evaluation.models import parse_model_specs
 from spade_tts.evaluation.report import read_loss_log, write_report
 
-MODEL_KEYS = {"wer", "cer", "sim", "dnsmos", "rtf", "tokens_per_second", "peak_mem_bytes", "params", "layers",
+MODEL_KEYS = {"wer", "wer_capped", "cer", "sim", "dnsmos", "rtf", "tokens_per_second", "peak_mem_bytes", "params", "layers",
               "vs_first", "per_item"}
 
 
@@ -68,6 +68,27 @@ def test_vs_first_follows_the_papers_table():
     small["per_item"] = small["per_item"][:3]
     with pytest.raises(ValueError, match="other items"):
         compare_to_first([full, small])
+
+
+def test_capped_wer_column_is_not_decided_by_one_hallucinated_item():
+    """One item with WER 30 (Whisper babble) swings the plain mean by 7 points; the capped column by at most 0.25."""
+    base = [{"id": str(i), "wer": w, "cer": w, "sim": 0.8} for i, w in enumerate([0.5, 0.2, 1.0, 0.4])]
+    other = [dict(r) for r in base]
+    other[2]["wer"] = 30.0  # unintelligible either way; Whisper wrote thirty times the words
+    mk = lambda label, rows: {"label": label, "per_item": rows, "dnsmos": {"p808": 3.0, "ovrl": 2.5},
+                              "rtf": {"lm": 1.0, "e2e": 1.0}, "tokens_per_second": 1.0,
+                              "params": {"lm": 1, "system": 1}, "layers": 1, "peak_mem_bytes": 1}
+    a, b = mk("a", base), mk("b", other)
+    compare_to_first([a, b], resamples=300)
+    assert b["vs_first"]["wer"]["delta_points"] == pytest.approx(725.0)
+    assert b["vs_first"]["wer_capped"]["delta_points"] == pytest.approx(0.0)
+    assert evaluate_mod.capped_wers(other) == [0.5, 0.2, 1.0, 0.4]
+    b["wer_capped"] = float(np.mean(evaluate_mod.capped_wers(other)))
+    a["wer_capped"] = b["wer_capped"]
+    head, rows = evaluate_mod.table_rows({"models": [a | {"wer": 0.525, "cer": 0.5, "sim": 0.8}, b | {
+        "wer": 7.775, "cer": 0.5, "sim": 0.8}]})
+    col = head.index("WER<=100 %")
+    assert rows[0][col] == rows[1][col] == "52.5" and rows[1][col + 1].startswith("+0.0")
 
 
 # ---------------------------------------------------------------- items files and model names

@@ -149,6 +149,20 @@ def _mean(xs) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+WER_CAP = 1.0
+
+
+def capped_wers(rows: list[dict]) -> list[float | None]:
+    """Per-item WER capped at 100 %, for the robust column beside the Seed-TTS-eval mean.
+
+    Whisper writes several times the reference's words over babble, so one item can reach a WER
+    of 10-45 and move a 100-item mean by tens of points (docs/layer-importance.md). Capped, an
+    unintelligible item counts as fully wrong and no more. Computed from ``per_item`` so that
+    results stored before this column existed get it too.
+    """
+    return [None if r.get("wer") is None else min(float(r["wer"]), WER_CAP) for r in rows]
+
+
 def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndarray], scorers: dict,
                  wav_names: dict[str, str], out: Path) -> dict:
     """Synthesize, time, measure and score one model on ``items``: its result dict (without ``vs_first``)."""
@@ -202,7 +216,8 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
     return {
         "label": spec.label, "model": spec.shown, "family": m["family"],
         "items": len(rows),
-        "wer": _mean([r["wer"] for r in rows]), "cer": _mean([r["cer"] for r in rows]), "sim": _mean(sims),
+        "wer": _mean([r["wer"] for r in rows]), "wer_capped": _mean(capped_wers(rows)),
+        "cer": _mean([r["cer"] for r in rows]), "sim": _mean(sims),
         "dnsmos": {k: _mean([r["dnsmos"][k] if r["dnsmos"] else None for r in rows]) for k in ("p808", "ovrl")},
         "rtf": {"lm": _median(lm_rtf_runs), "e2e": _median(e2e_rtf_runs)},
         "rtf_runs": {"lm": lm_rtf_runs, "e2e": e2e_rtf_runs, "items_per_run": len(passes[0]) if passes else 0},
@@ -257,6 +272,8 @@ def compare_to_first(models: list[dict], resamples: int = 2000, seed: int = 0) -
             return {"delta": scale * b["delta"], "ci95": [scale * b["ci95"][0], scale * b["ci95"][1]], "n": b["n"]}
 
         wer_b, cer_b = boot("wer", 100.0), boot("cer", 100.0)
+        capped_b = paired_bootstrap(capped_wers(base["per_item"]), capped_wers(m["per_item"]), resamples=resamples,
+                                    seed=seed)
         rtf = {}
         for k in ("lm", "e2e"):
             r = _ratio(m["rtf"][k], base["rtf"][k])
@@ -266,6 +283,8 @@ def compare_to_first(models: list[dict], resamples: int = 2000, seed: int = 0) -
             "reference": base["label"],
             "wer": {"delta_points": wer_b["delta"], "ci95": wer_b["ci95"], "n": wer_b["n"]},
             "cer": {"delta_points": cer_b["delta"], "ci95": cer_b["ci95"], "n": cer_b["n"]},
+            "wer_capped": {"delta_points": None if capped_b["delta"] is None else 100.0 * capped_b["delta"],
+                           "ci95": [None if c is None else 100.0 * c for c in capped_b["ci95"]], "n": capped_b["n"]},
             "sim": boot("sim"),
             "dnsmos": {k: (None if m["dnsmos"][k] is None or base["dnsmos"][k] is None
                            else m["dnsmos"][k] - base["dnsmos"][k]) for k in ("p808", "ovrl")},
@@ -331,6 +350,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         cached = _cached(model_dir / "result.json", key)
         if cached is not None:
             print(f"{spec.label}: finished earlier with the same items and settings, read from {model_dir / 'result.json'}")
+            cached.setdefault("wer_capped", _mean(capped_wers(cached["per_item"])))  # stored before the column
             results.append(cached)
             continue
         ensure_scorers()
@@ -371,15 +391,20 @@ def _fmt_ci(ci, spec: str) -> str:
 
 def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table (shared by the console table and the HTML report)."""
-    head = ["model", "layers", "params LM", "WER %", "dWER pts [95% CI]", "CER %", "SIM", "dSIM [95% CI]",
+    head = ["model", "layers", "params LM", "WER %", "dWER pts [95% CI]", "WER<=100 %", "d pts [95% CI]", "CER %",
+            "SIM", "dSIM [95% CI]",
             "P.808", "OVRL", "RTF LM", "RTF e2e", "speed-up e2e", "tok/s", "peak mem MB", "d mem %", "d params %"]
     rows = []
     for m in data["models"]:
         v = m.get("vs_first")
+        capped = m.get("wer_capped")
         rows.append([
             m["label"], str(m["layers"]), f"{m['params']['lm'] / 1e6:.2f} M",
             _fmt(None if m["wer"] is None else 100 * m["wer"], ".1f"),
             "" if not v else f"{_fmt(v['wer']['delta_points'], '+.1f')} {_fmt_ci(v['wer']['ci95'], '+.1f')}",
+            _fmt(None if capped is None else 100 * capped, ".1f"),
+            "" if not v or "wer_capped" not in v else
+            f"{_fmt(v['wer_capped']['delta_points'], '+.1f')} {_fmt_ci(v['wer_capped']['ci95'], '+.1f')}",
             _fmt(None if m["cer"] is None else 100 * m["cer"], ".1f"),
             _fmt(m["sim"], ".3f"),
             "" if not v else f"{_fmt(v['sim']['delta'], '+.3f')} {_fmt_ci(v['sim']['ci95'], '+.3f')}",

@@ -160,7 +160,9 @@ def _metrics_section(data: dict) -> str:
 <h2>Metrics</h2>
 {_table(head, cells, "metrics", classes)}
 <p class="note">Items: {_e(data['items']['count'])} ({_e(data['items']['source'])}). ASR: {_e(data.get('asr'))}.
-WER and CER: mean of per-utterance rates after lower-casing and stripping punctuation except apostrophes.
+WER and CER: mean of per-utterance rates after lower-casing and stripping punctuation except apostrophes
+(Seed-TTS-eval); WER&lt;=100 %: the same with each item capped at 100 %, so that a few items Whisper fills with
+hallucinated words cannot decide a comparison.
 SIM: speaker cosine (resemblyzer GE2E) of the output against the prompt. DNSMOS P.808 and OVRL: predicted MOS.
 RTF: seconds per second of audio, batch 1, after warm-up, median over timed runs; LM = decode loop only,
 e2e = whole synthesis call. Deltas: against the first model; WER/CER in percentage points, with paired
