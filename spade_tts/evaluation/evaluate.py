@@ -264,16 +264,15 @@ def compare_to_first(models: list[dict], resamples: int = 2000, seed: int = 0) -
         if [r["id"] for r in m["per_item"]] != base_ids:
             raise ValueError(f"{m['label']} was scored on other items than {base['label']}: rerun both on one item set")
 
-        def boot(key, scale=1.0):
-            b = paired_bootstrap([r[key] for r in base["per_item"]], [r[key] for r in m["per_item"]],
-                                 resamples=resamples, seed=seed)
+        def boot(key, scale=1.0, values=lambda rows, key: [r[key] for r in rows]):
+            b = paired_bootstrap(values(base["per_item"], key), values(m["per_item"], key), resamples=resamples, seed=seed)
             if b["delta"] is None:
                 return {"delta": None, "ci95": [None, None], "n": 0}
             return {"delta": scale * b["delta"], "ci95": [scale * b["ci95"][0], scale * b["ci95"][1]], "n": b["n"]}
 
-        wer_b, cer_b = boot("wer", 100.0), boot("cer", 100.0)
-        capped_b = paired_bootstrap(capped_wers(base["per_item"]), capped_wers(m["per_item"]), resamples=resamples,
-                                    seed=seed)
+        def points(b):
+            return {"delta_points": b["delta"], "ci95": b["ci95"], "n": b["n"]}
+
         rtf = {}
         for k in ("lm", "e2e"):
             r = _ratio(m["rtf"][k], base["rtf"][k])
@@ -281,10 +280,9 @@ def compare_to_first(models: list[dict], resamples: int = 2000, seed: int = 0) -
                       "speedup": None if not r else 1.0 / r}
         m["vs_first"] = {
             "reference": base["label"],
-            "wer": {"delta_points": wer_b["delta"], "ci95": wer_b["ci95"], "n": wer_b["n"]},
-            "cer": {"delta_points": cer_b["delta"], "ci95": cer_b["ci95"], "n": cer_b["n"]},
-            "wer_capped": {"delta_points": None if capped_b["delta"] is None else 100.0 * capped_b["delta"],
-                           "ci95": [None if c is None else 100.0 * c for c in capped_b["ci95"]], "n": capped_b["n"]},
+            "wer": points(boot("wer", 100.0)),
+            "cer": points(boot("cer", 100.0)),
+            "wer_capped": points(boot("wer", 100.0, lambda rows, _: capped_wers(rows))),
             "sim": boot("sim"),
             "dnsmos": {k: (None if m["dnsmos"][k] is None or base["dnsmos"][k] is None
                            else m["dnsmos"][k] - base["dnsmos"][k]) for k in ("p808", "ovrl")},
