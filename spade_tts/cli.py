@@ -140,7 +140,7 @@ def cmd_synth_family(args, family: str) -> None:
         raise ValueError("--prompt-voice is for the built-in model; give --prompt-audio/--prompt-text "
                          "(or --prompt-codes) to a family checkpoint")
     cfg = GenerationConfig(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                           greedy=args.temperature <= 0, max_new_tokens=args.max_new_tokens)
+                           greedy=args.temperature <= 0, max_new_tokens=args.max_new_tokens, int8_weights=args.int8)
     codes = generate_codes(speech, args.text, prompt_text, prompt_codes, cfg)
     if args.output.endswith(".npy"):
         np.save(args.output, codes)
@@ -348,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=20.0, help="length guard for runaway generation")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--int8", action="store_true", help="built-in/reference models on the CPU: int8 weights in the "
-                                                        "decode step (faster at batch 1, slightly lossy; docs/decoding.md)")
+    p.add_argument("--int8", action="store_true", help="models on the CPU: int8 copies of the weights in the decode "
+                                                        "step (faster at batch 1, slightly lossy; docs/decoding.md)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval-reference", help="WER and speaker similarity on the held-out set",

@@ -67,6 +67,13 @@ def test_static_and_hf_engines_give_identical_greedy_tokens(generic):
     assert a == b and all(len(x) >= 4 for x in a)
     # a batch row equals the same prompt alone (left padding changes nothing)
     assert generate_ids(generic, prompts[1:], cfg, engine="static")[0] == a[1]
+    # int8 weights (CPU, lossy): still only speech/stop ids, at least min_new_tokens; the HF engine refuses it
+    import dataclasses
+    q = generate_ids(generic, prompts, dataclasses.replace(cfg, int8_weights=True), engine="static")
+    allowed = set(generic.layout.head_rows().tolist())
+    assert all(len(x) >= 4 and set(x) <= allowed for x in q)
+    with pytest.raises(ValueError, match="static engine"):
+        generate_ids(generic, prompts, dataclasses.replace(cfg, int8_weights=True), engine="hf")
 
 
 def test_sampling_never_emits_text_and_is_seeded(generic):

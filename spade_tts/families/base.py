@@ -85,6 +85,9 @@ class GenerationConfig:
     # distribution, which breaks the loops a narrow nucleus falls into (0 = off)
     ras_window: int = 0
     ras_tau: float = 0.1
+    # CPU only, static engine: int8 copies of the weights in the decode step (faster at small batches,
+    # slightly lossy; spade_tts/decoding/int8_weights.py)
+    int8_weights: bool = False
 
 
 class SpeechLM:

@@ -146,11 +146,15 @@ def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConf
 
     if engine == "auto":
         engine = "static" if static_supported(lm) else "hf"
+    if cfg.int8_weights and engine != "static":
+        raise ValueError(f"int8_weights needs the static engine; this {type(lm).__name__} decodes with HF forward "
+                         "(leave int8 off)")
     if engine == "static":
         from spade_tts.decoding import StaticDecoder
 
         on_gpu = next(lm.parameters()).device.type == "cuda"  # one CUDA-graph replay per token there
-        runner = StaticDecoder(lm, bsz, width + cfg.max_new_tokens, head_rows=rows, cuda_graphs=on_gpu)
+        runner = StaticDecoder(lm, bsz, width + cfg.max_new_tokens, head_rows=rows, cuda_graphs=on_gpu,
+                               int8_weights=cfg.int8_weights)
         rows_dev = runner.vocab_ids
     else:
         runner = _HFEngine(lm, rows)
