@@ -284,3 +284,7 @@ def test_cli_eval_settings_after_models_and_one_line_errors(tmp_path, monkeypatc
     assert main(["eval", "--models", "built-in", "--items", str(bad), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "line 1: prompt wav 'missing.wav' not found" in err
+    for setting, says in (("decoder=fast", "decoder='fast'"), ("device=cuda decoder=static-int8", "CPU path")):
+        assert main(["eval", "--models", "built-in", "-o", str(tmp_path / "o"), *setting.split()]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, err
