@@ -323,10 +323,9 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         raise ValueError(f"rtf_runs={cfg.rtf_runs}: at least 1 timed pass is needed (3 is usual)")
     if cfg.warmup < 0:
         raise ValueError(f"warmup={cfg.warmup} must be 0 or more")
-    if cfg.decoder not in ("static", "static-int8", "hf"):
-        raise ValueError(f"decoder={cfg.decoder!r}: use static (default), static-int8 (CPU) or hf")
-    if cfg.decoder == "static-int8" and cfg.device != "cpu":
-        raise ValueError(f"decoder=static-int8 is a CPU path and device={cfg.device}; use decoder=static there")
+    from spade_tts.reference.synth import check_decoder
+
+    check_decoder(cfg.decoder, cfg.device)  # before any model runs
     specs = parse_model_specs(cfg.models)
     items, source = load_items(cfg)
     out_dir = Path(cfg.out_dir)

@@ -124,15 +124,23 @@ class _HFSteps:
         return out.logits[:, -1]
 
 
+DECODERS = ("static", "static-int8", "hf")
+
+
+def check_decoder(name: str, device) -> None:
+    """One-line errors for a decoder name that does not exist or cannot run on ``device``."""
+    if name not in DECODERS:
+        raise ValueError(f"decoder={name!r}: use static (default), static-int8 (CPU only) or hf")
+    if name == "static-int8" and torch.device(device).type != "cpu":
+        raise ValueError(f"decoder=static-int8 is a CPU path and the model is on {device}; use decoder=static there")
+
+
 def _decoder(model, vocab: Vocab, settings: GenerationSettings, batch: int, max_len: int):
     """The decode path: logits come back as columns ``offset..`` of the vocabulary."""
+    check_decoder(settings.decoder, model.device)
     if settings.decoder == "hf":
         return _HFSteps(model)
-    if settings.decoder not in ("static", "static-int8"):
-        raise ValueError(f"decoder={settings.decoder!r}: use static, static-int8 or hf")
     int8 = settings.decoder == "static-int8"
-    if int8 and model.device.type != "cpu":
-        raise ValueError(f"decoder=static-int8 is a CPU path and the model is on {model.device}; use decoder=static")
     from spade_tts.decoding import StaticDecoder
 
     # only speech_end, the phones and the speech codes can follow <speech_start>: the head keeps those rows
