@@ -23,7 +23,7 @@ repeats, which run round-robin across methods; tokens per CPU-second (process CP
 reported too, as it is less sensitive to other jobs on a shared machine. Methods:
 
   hf_generate     model.generate(do_sample=False), eager attention as loaded (sdpa)
-  hf_loop         HF forward + DynamicCache, one token per call, as spade_tts.reference.synth does
+  hf_loop         HF forward + DynamicCache, one token per call, as the shared decode loop does with decoder=hf
   static_full     spade_tts.decoding.StaticDecoder, full output head
   static_speech   StaticDecoder with the head trimmed to the control tokens 0..5 and the speech
                   tokens 48..4143 (what a speech step can emit apart from phones)
@@ -162,7 +162,7 @@ def hf_generate(model, ids, mask, n):
 
 @torch.no_grad()
 def hf_loop(model, ids, mask, n):
-    """HF forward with a growing DynamicCache, as spade_tts.reference.synth.generate_codes runs it."""
+    """HF forward with a growing DynamicCache, as spade_tts.families.generate runs it with decoder=hf."""
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     past, toks = output_cache(out), []

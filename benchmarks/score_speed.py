@@ -53,15 +53,15 @@ def main(argv=None) -> int:
 
     from benchmarks.decode_speed import cpu_model
     from spade_tts.importance.layer_importance import ScoreConfig, ScoringRun
+    from spade_tts.evaluation.items import heldout_eval_items
+    from spade_tts.families.registry import load_speech_lm
     from spade_tts.pruning.layers import decoder_layers, model_fingerprint
-    from spade_tts.reference.evaluate import heldout_items
-    from spade_tts.reference.synth import ReferenceTTS
     from spade_tts.scoring import get_transcriber
 
-    tts = ReferenceTTS.from_pretrained()
-    n = len(decoder_layers(tts.model))
+    speech = load_speech_lm(None)
+    n = len(decoder_layers(speech.lm))
     layers = list(range(n)) if args.layers == "all" else [int(x) for x in args.layers.split(",") if x]
-    items = heldout_items(args.corpus_dir, args.items_per_speaker, 4.0, 0)
+    items = heldout_eval_items(args.corpus_dir, args.items_per_speaker, 4.0, 0)
     skips = [[]] + [[i] for i in layers]
     threads = torch.get_num_threads()
     machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         asr.transcribe([np.zeros(1600, dtype=np.float32)])  # load Whisper outside the clock
         with tempfile.TemporaryDirectory() as tmp:
             cfg.out_dir = tmp
-            run = ScoringRun(cfg, tts, items, model_fingerprint(tts.model), asr)  # it splits the cores itself
+            run = ScoringRun(cfg, speech, items, model_fingerprint(speech.lm), asr)  # it splits the cores itself
             start = time.perf_counter()
             wers = run.wer_many(skips, desc=mode)
             wall = time.perf_counter() - start

@@ -1,457 +1,152 @@
-"""`spade`: one entry point, one subcommand per stage.
+"""`spade`: one entry point, one subcommand per stage, built from the table :data:`STAGES`.
 
-Every stage reads a typed config: defaults, then ``--recipe FILE.yaml``, then ``key=value``
-overrides, so ``spade data build --recipe recipes/data.yaml train_per_voice=100`` works the
-same for every stage. Errors that come from the user's input are printed as one line,
-without a traceback, and exit with status 2.
+A stage is its config dataclass and its function. Every field of the config is a flag
+(``--field-name``; ``--flag/--no-flag`` for a bool, several values for a list) whose help is the
+field's comment in the source, and also a ``key=value`` setting: the command line holds no fact
+that the config does not. Defaults, preset, recipe and command line are layered by
+:func:`spade_tts.config.load_config`, one rule for every stage. Configs and functions are named as
+``"module:attr"`` and imported only when their stage runs, so ``spade --help`` imports no torch.
+Errors that come from the user's input are printed as one line, without a traceback, and exit
+with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
+import os
+import shutil
 import sys
 import textwrap
-
-from spade_tts.config import ConfigError, load_config, to_dict
-
-EPILOG = textwrap.dedent(
-    """
-    stages (run `spade STAGE --help` for each):
-      data build        synthesize the offline multi-speaker corpus (voices x sentences, phone timings)
-      data family       manifest of an LLM-TTS family (LLaSA, Orpheus, ...) -> distillation dataset
-      codec fit         learn the speech tokenizer's codebook from the corpus
-      codec eval        round-trip table: original audio vs tokens -> audio (WER, speaker cosine, DNSMOS)
-      train-reference   train the built-in LLaSA-shaped reference LM (resumable)
-      synth             text + voice prompt -> speech with a model (the built-in one by default)
-      eval-reference    WER and speaker similarity of a model on the held-out set
-      score             rank decoder layers: WER with each layer skipped (WLI) and cheaper proxies, resumable
-      compress          the whole method in one resumable command: score -> prune -> distill -> eval -> report
-                        (`spade compress --quick`: a self-contained demo, about 12-15 min on 2 CPU cores)
-      prune             keep the most important decoder layers (from a scores file) and save a smaller model
-      distill           recover a pruned model by multi-level distillation from the full one (accelerate-ready)
-      eval              compare models on the same items: WER, CER, SIM, DNSMOS, RTF, memory, params, 95 % CIs
-      report            static HTML report: metrics table, layer importance, distillation curves, audio side by side
-
-    settings: every stage takes --recipe FILE.yaml and any number of key=value overrides.
-    """
-)
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="YAML file with settings for this stage (see recipes/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings that override the recipe")
-
-
-def _add_family_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default=None, help="LLM-TTS family of --model (llasa, orpheus, cosyvoice2, spark-tts, "
-                                                  "outetts, generic); detected from the folder when left out")
-    p.add_argument("--family-config", default=None, help="YAML of the generic family when it is not next to the "
-                                                         "checkpoint (implies --family generic)")
-
-
-def _print_config(cfg) -> None:
-    print("settings: " + json.dumps(to_dict(cfg)))
-
-
-def cmd_data_build(args) -> None:
-    from spade_tts.data.build import DataConfig, build_corpus
-
-    cfg = load_config(DataConfig, args.recipe, args.overrides)
-    _print_config(cfg)
-    print(json.dumps(build_corpus(cfg), indent=2))
-
-
-def cmd_data_family(args) -> None:
-    from spade_tts.families.data import FamilyDataConfig, build_family_dataset
-    from spade_tts.families.registry import load_speech_lm
-
-    cfg = load_config(FamilyDataConfig, args.recipe, args.overrides)
-    for key in ("manifest", "out"):
-        if getattr(args, key):
-            setattr(cfg, key, getattr(args, key))
-    _print_config(cfg)
-    speech = load_speech_lm(args.model, args.family, family_config=args.family_config)
-    out = build_family_dataset(speech, cfg)
-    meta = json.loads((out / "spade_data.json").read_text())
-    print(f"{speech.family}: {meta['rows']} sequences, {meta['tokens']} tokens from {meta['utterances_used']} "
-          f"utterances ({meta['with_prompt']} with a voice prompt); wrote {out} (spade distill dataset={out})")
-
-
-def cmd_codec_fit(args) -> None:
-    from spade_tts.codec.train import CodecFitConfig, fit_codec
-
-    cfg = load_config(CodecFitConfig, args.recipe, args.overrides)
-    _print_config(cfg)
-    fit_codec(cfg)
-
-
-def cmd_codec_eval(args) -> None:
-    from spade_tts.codec.roundtrip import RoundTripConfig, roundtrip_table
-
-    cfg = load_config(RoundTripConfig, args.recipe, args.overrides)
-    _print_config(cfg)
-    roundtrip_table(cfg)
-
-
-def cmd_train_reference(args) -> None:
-    from spade_tts.reference.train import ReferenceTrainConfig, train_reference
-
-    cfg = load_config(ReferenceTrainConfig, args.recipe, args.overrides)
-    _print_config(cfg)
-    train_reference(cfg)
-
-
-def _family_model(args) -> str | None:
-    """The LLM-TTS family to use for ``--model`` (given by --family/--family-config or detected), or None."""
-    if getattr(args, "family", None) or getattr(args, "family_config", None):
-        return args.family or "generic"
-    if not getattr(args, "model", None):
-        return None
-    from pathlib import Path
-
-    from spade_tts.families.registry import find_family
-
-    return find_family(Path(args.model)) if Path(args.model).is_dir() else None
-
-
-def cmd_synth_family(args, family: str) -> None:
-    """`spade synth --model FAMILY_CHECKPOINT`: the family's prompt, generation and codec decoding."""
-    import numpy as np
-
-    from spade_tts.audio import save_wav
-    from spade_tts.families.base import GenerationConfig
-    from spade_tts.families.generate import generate_codes
-    from spade_tts.families.registry import load_speech_lm
-
-    speech = load_speech_lm(args.model, family, device=args.device, family_config=args.family_config)
-    prompt_codes, prompt_text = None, args.prompt_text or ""
-    if args.prompt_codes:
-        prompt_codes = np.load(args.prompt_codes)
-    elif args.prompt_audio:
-        import soundfile as sf
-
-        from spade_tts.audio import load_audio
-
-        if not args.prompt_text:
-            raise ValueError("--prompt-audio needs --prompt-text: the words spoken in it")
-        sr = sf.info(args.prompt_audio).samplerate
-        prompt_codes = speech.encode_audio(load_audio(args.prompt_audio, sample_rate=sr), sr)
-    elif args.prompt_voice:
-        raise ValueError("--prompt-voice is for the built-in model; give --prompt-audio/--prompt-text "
-                         "(or --prompt-codes) to a family checkpoint")
-    cfg = GenerationConfig(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                           greedy=args.temperature <= 0, max_new_tokens=args.max_new_tokens, int8_weights=args.int8)
-    codes = generate_codes(speech, args.text, prompt_text, prompt_codes, cfg)
-    if args.output.endswith(".npy"):
-        np.save(args.output, codes)
-        print(f"wrote {args.output}: codes of shape {tuple(np.shape(codes))} ({family})")
-        return
-    audio, sr = speech.decode_audio(codes)
-    save_wav(args.output, audio, sr)
-    print(f"wrote {args.output}: {len(audio) / sr:.2f} s, codes {tuple(np.shape(codes))} ({family})")
-
-
-def cmd_synth(args) -> None:
-    from spade_tts.audio import load_audio, save_wav
-    from spade_tts.reference.synth import GenerationSettings, ReferenceTTS
-
-    family = _family_model(args)
-    if family is not None:
-        cmd_synth_family(args, family)
-        return
-    if bool(args.prompt_audio) == bool(args.prompt_voice):
-        raise ValueError("give either --prompt-audio FILE (with --prompt-text) or --prompt-voice NAME")
-    if args.prompt_voice:
-        from spade_tts.audio import to_mono_16k
-        from spade_tts.data.voices import synthesize
-
-        utt = synthesize([PROMPT_SENTENCE], args.prompt_voice)[0]
-        prompt_audio, prompt_text = to_mono_16k(utt.audio, utt.sample_rate), PROMPT_SENTENCE
-    else:
-        if not args.prompt_text:
-            raise ValueError("--prompt-audio needs --prompt-text: the words spoken in it")
-        prompt_audio, prompt_text = load_audio(args.prompt_audio), args.prompt_text
-    tts = ReferenceTTS.from_pretrained(args.model, device=args.device)
-    settings = GenerationSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                  max_seconds=args.max_seconds, decoder="static-int8" if args.int8 else "static")
-    res = tts.synthesize([args.text], prompt_audio, prompt_text, settings)[0]
-    save_wav(args.output, res.audio, res.sample_rate)
-    note = f", {res.guard_hits} phone(s) cut by the length guard" if res.guard_hits else ""
-    print(f"wrote {args.output}: {len(res.audio) / res.sample_rate:.2f} s, {len(res.codes)} speech tokens{note}")
-
-
-def cmd_eval_reference(args) -> None:
-    from spade_tts.reference.evaluate import ReferenceEvalConfig, evaluate_reference
-
-    cfg = load_config(ReferenceEvalConfig, args.recipe, args.overrides)
-    if args.json:
-        cfg.json = args.json
-    _print_config(cfg)
-    evaluate_reference(cfg)
-
-
-def cmd_compress(args) -> None:
-    from spade_tts.compress.pipeline import QUICK, CompressConfig, compress
-
-    cfg = load_config(CompressConfig, args.recipe, args.overrides, base=QUICK if args.quick else None)
-    if args.model:
-        cfg.model = args.model
-    _print_config(cfg)
-    compress(cfg)
-
-
-def cmd_score(args) -> None:
-    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
-
-    family = _family_model(args)
-    if family is not None or args.data:
-        from spade_tts.importance.family_scores import FamilyScoreConfig, score_family
-
-        cfg = load_config(FamilyScoreConfig, args.recipe, args.overrides)
-        for key in ("json", "model", "data", "family_config"):
-            if getattr(args, key):
-                setattr(cfg, key, getattr(args, key))
-        cfg.family = cfg.family or family or ""
-        _print_config(cfg)
-        score_family(cfg)
-        return
-    cfg = load_config(ScoreConfig, args.recipe, args.overrides)
-    for key in ("json", "model"):
-        if getattr(args, key):
-            setattr(cfg, key, getattr(args, key))
-    _print_config(cfg)
-    score_layers(cfg)
-
-
-def cmd_prune(args) -> None:
-    from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
-
-    cfg = load_config(PruneConfig, args.recipe, args.overrides)
-    for key in ("model", "scores", "out", "keep", "ratio", "metric", "keep_first", "keep_last", "family",
-                "family_config"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    if args.keep is not None and args.ratio is None:  # a flag replaces the recipe's choice, not adds to it
-        cfg.ratio = 0.0
-    if args.ratio is not None and args.keep is None:
-        cfg.keep = 0
-    _print_config(cfg)
-    out = prune_checkpoint(cfg)
-    info = json.loads((out / "spade_pruning.json").read_text())
-    print(f"kept {info['student_layers']} of {info['teacher_layers']} layers {info['kept']} by {info['metric']}; "
-          f"removed {info['removed']}; wrote {out}")
-
-
-def cmd_eval(args) -> None:
-    import dataclasses
-
-    from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
-
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
-    models, overrides = [], list(args.overrides)
-    for m in args.models or []:  # `--models A B seed=1`: argparse hands trailing key=value to --models
-        if "=" in m and m.split("=", 1)[0].strip() in fields:
-            overrides.append(m)
-        else:
-            models.append(m)
-    cfg = load_config(EvalConfig, args.recipe, overrides)
-    for key, value in (("models", models), ("items_file", args.items), ("json", args.json),
-                       ("out_dir", args.out), ("report_dir", args.report)):
-        if value:
-            setattr(cfg, key, value)
-    _print_config(cfg)
-    evaluate_models(cfg)
-
-
-def cmd_report(args) -> None:
-    from spade_tts.evaluation.report import write_report
-
-    index = write_report(args.out, args.eval, args.scores, args.distill_log, args.importance_png,
-                         sentences=args.sentences, title=args.title)
-    print(f"wrote {index} (open it in a browser; the folder is self-contained)")
-
-
-
-def cmd_distill(args) -> None:
-    import os
-
-    from spade_tts.distill.trainer import DistillConfig, distill
-
-    cfg = load_config(DistillConfig, args.recipe, args.overrides)
-    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, print once, not once per process
-        _print_config(cfg)
-    distill(cfg)
-
-PROMPT_SENTENCE = "The birch canoe slid on the smooth planks."
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spade",
-        description="spade-tts: compress LLM-based TTS models by WER-based layer pruning and distillation.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="stage", metavar="STAGE")
-
-    data = sub.add_parser("data", help="corpus tools").add_subparsers(dest="action", metavar="ACTION")
-    p = data.add_parser("build", help="synthesize the offline corpus",
-                        description="Synthesize every voice reading its sentences, with phone timings; resumable.")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_data_build)
-    p = data.add_parser("family", help="turn (audio or codes, text) of an LLM-TTS family into a distillation dataset",
-                        description="Read a JSONL manifest ({\"audio\"|\"codes\", \"text\", \"speaker\"} a line; audio "
-                                    "is encoded with the family's codec, codes are used as given), build the family's "
-                                    "training sequences (voice prompt = another utterance of the speaker) and write a "
-                                    "dataset that `spade distill dataset=FOLDER` reads. See docs/families/.")
-    p.add_argument("--model", required=True, help="checkpoint folder of the family (its tokenizer and layout)")
-    _add_family_args(p)
-    p.add_argument("--manifest", required=True, help="JSONL manifest")
-    p.add_argument("-o", "--out", required=True, help="dataset folder to write")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_data_family)
-
-    codec = sub.add_parser("codec", help="speech tokenizer tools").add_subparsers(dest="action", metavar="ACTION")
-    p = codec.add_parser("fit", help="fit the tokenizer codebook on the corpus",
-                         description="k-means codebook over log-mel frames of the training manifest.")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_codec_fit)
-    p = codec.add_parser("eval", help="round-trip table on the held-out set",
-                         description="Original audio vs tokens -> audio: Whisper WER, speaker cosine, DNSMOS.")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_codec_eval)
-
-    p = sub.add_parser("train-reference", help="train the built-in reference LM",
-                       description="Tokenize the corpus (once), then train the LLaSA-shaped reference LM; "
-                                   "rerun the same command to resume from runs/reference/last.pt.")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_train_reference)
-
-    p = sub.add_parser("synth", help="synthesize speech in the voice of a prompt",
-                       description="Zero-shot TTS: speak --text in the voice of --prompt-audio, whose transcript "
-                                   "is --prompt-text. Uses the built-in model unless --model is given.")
-    p.add_argument("--text", required=True, help="English text to speak")
-    p.add_argument("--prompt-audio", help="a few seconds of the voice to copy (wav/flac, any rate, mono or stereo)")
-    p.add_argument("--prompt-text", help="what is said in --prompt-audio")
-    p.add_argument("--prompt-voice", help="instead of a recording, have an offline voice read a prompt "
-                                          "(flite_slt, flite_rms, flite_awb, flite_kal16, festival_slt_hts, festival_kal, ...)")
-    p.add_argument("-o", "--output", required=True, help="output .wav (16 kHz for the built-in model; the "
-                                                              "codec's rate for a family), or .npy for the codes")
-    p.add_argument("--model", default=None, help="model folder (default: the built-in reference model); an LLM-TTS "
-                                                 "family checkpoint is detected, or name it with --family")
-    _add_family_args(p)
-    p.add_argument("--prompt-codes", default=None, help="family checkpoints: the prompt's codec codes (.npy) instead "
-                                                        "of --prompt-audio (with --prompt-text)")
-    p.add_argument("--max-new-tokens", type=int, default=1500, help="family checkpoints: length guard in tokens")
-    p.add_argument("--temperature", type=float, default=1.0, help="speech-token temperature; 0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=20.0, help="length guard for runaway generation")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--int8", action="store_true", help="models on the CPU: int8 copies of the weights in the decode "
-                                                        "step (faster at batch 1, slightly lossy; docs/decoding.md)")
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("eval-reference", help="WER and speaker similarity on the held-out set",
-                       description="Held-out sentences in the voice of another held-out utterance of the same "
-                                   "speaker; Whisper WER against the text, speaker cosine against the prompt.")
-    p.add_argument("--json", help="write the results (wer, sim, per item) here")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_eval_reference)
-
-    p = sub.add_parser("compress", help="score -> prune -> distill -> eval -> report in one resumable command",
-                       description="Compress a model the SPADE way and leave a report to read and listen to: rank "
-                                   "layers by WER when skipped, remove `ratio` of them, distill the pruned model from "
-                                   "the full one, evaluate full / pruned / distilled on the same items, and write "
-                                   "OUT_DIR/report/index.html. Every stage is skipped when its output exists; rerun "
-                                   "the same command after an interruption to resume. Stage settings go through as "
-                                   "stage.key=value (score.items_per_speaker=2, distill.steps=500, eval.dnsmos=false).")
-    p.add_argument("--quick", action="store_true",
-                   help="demo preset: builds its own small corpus, 1 item per voice, 30 distillation steps; "
-                        "about 12-15 min on 2 CPU cores; figures are a smoke test, not a measurement")
-    p.add_argument("--model", help="full model folder (default: the built-in reference model)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_compress)
-
-    p = sub.add_parser("score", help="rank decoder layers by WER-based importance (WLI) and proxies",
-                       description="For every decoder layer: skip it, speak the held-out items, transcribe them "
-                                   "with Whisper and take the mean WER (WLI, SPADE's metric; higher = more important), each item's WER "
-                                   "capped at 100 % (item_wer_cap; 0 = plain mean) so that one babbling item cannot "
-                                   "decide a layer. scores.json says how often the kept set survives resampling the "
-                                   "items (wli_stability): if rarely, raise items_per_speaker. "
-                                   "The same run computes block influence, angular distance and the teacher-forced "
-                                   "loss rise on the same items, their Spearman correlations, and (compare=true) the "
-                                   "WER of the model cut to `keep` layers by each metric. Writes scores.json, "
-                                   "scores.csv and importance.png to out_dir; a killed run resumes from state.json. "
-                                   "Cheap ranking without ASR: wli=false. Iterative removal: iterative=true.")
-    p.add_argument("--model", help="model folder (default: the built-in reference model)")
-    _add_family_args(p)
-    p.add_argument("--data", default=None, help="LLM-TTS family checkpoints: JSONL manifest of (audio or codes, text, "
-                                                "speaker) to compute the teacher-forced metrics on (no WLI)")
-    p.add_argument("--json", help="also write the scores (per-layer `wli`, full-model `wer`) here")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_score)
-
-    p = sub.add_parser(
-        "prune", help="remove the least important decoder layers and save a smaller model",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Keep the most important decoder layers of a Hugging Face decoder-only LM (Llama, Qwen2, Qwen3, "
-                    "Mistral) by a per-layer score from `spade score`, and write a drop-in model folder: pruned "
-                    "weights and config, every side file of the source (tokenizer, vocabulary, codec), and "
-                    "spade_pruning.json (which teacher layer each student layer came from).",
-        epilog=textwrap.dedent("""
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from spade_tts import __version__
+from spade_tts.config import (ConfigError, field_comments, field_default, load_config, override_key, show_value,
+                              to_dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the words after `spade`: "data build", "synth"
+    config: str  # "module:Class" of the stage's config dataclass
+    run: str  # "module:function" that takes that config and does the work
+    help: str  # one line, listed by `spade --help`
+    description: str = ""  # `spade STAGE --help`: what the stage does (prose, wrapped to the terminal)
+    epilog: str = ""  # examples and explanations, shown as written
+    aliases: dict[str, str] = field(default_factory=dict)  # extra option -> field: {"-o": "out"}
+    # flag -> ("module:attr" of a dict of settings, help): a preset, layered under the recipe (compress --quick)
+    presets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # key -> (other key, value): setting key on the command line sets the other one too, unless it is also given
+    # there; so prune's --keep replaces a recipe's ratio instead of conflicting with it (and --ratio its keep)
+    resets: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    print_result: bool = False  # print what the function returns, as JSON (data build's summary)
+
+
+STAGES = [
+    Stage("data build", "spade_tts.data.build:DataConfig", "spade_tts.data.build:build_corpus",
+          "synthesize the offline multi-speaker corpus (voices x sentences, phone timings)",
+          "Synthesize every voice reading its sentences, with phone timings; resumable.",
+          aliases={"-o": "out_dir"}, print_result=True),
+    Stage("data family", "spade_tts.families.data:FamilyDataConfig", "spade_tts.families.data:family_dataset",
+          "manifest of an LLM-TTS family (LLaSA, Orpheus, ...) -> distillation dataset",
+          "Read a JSONL manifest ({\"audio\"|\"codes\", \"text\", \"speaker\"} a line; audio is encoded with the "
+          "family's codec, codes are used as given), build the family's training sequences (voice prompt = another "
+          "utterance of the speaker) and write a dataset that `spade distill dataset=FOLDER` reads. "
+          "See docs/families/.",
+          "example:\n  spade data family --model Llasa-1B --manifest train.jsonl -o runs/llasa/data",
+          aliases={"-o": "out"}),
+    Stage("codec fit", "spade_tts.codec.train:CodecFitConfig", "spade_tts.codec.train:fit_codec",
+          "learn the speech tokenizer's codebook from the corpus",
+          "k-means codebook over log-mel frames of the training manifest.", aliases={"-o": "out_dir"}),
+    Stage("codec eval", "spade_tts.codec.roundtrip:RoundTripConfig", "spade_tts.codec.roundtrip:roundtrip_table",
+          "round-trip table: original audio vs tokens -> audio (WER, speaker cosine, DNSMOS)",
+          "Original audio vs tokens -> audio on the held-out set: Whisper WER, speaker cosine, DNSMOS."),
+    Stage("train-reference", "spade_tts.reference.train:ReferenceTrainConfig",
+          "spade_tts.reference.train:train_reference",
+          "train the built-in LLaSA-shaped reference LM (resumable)",
+          "Tokenize the corpus (once), then train the LLaSA-shaped reference LM; rerun the same command to resume "
+          "from runs/reference/last.pt.", aliases={"-o": "out_dir"}),
+    Stage("synth", "spade_tts.synthesis:SynthConfig", "spade_tts.synthesis:synth",
+          "text + voice prompt -> speech with a model (the built-in one by default)",
+          "Zero-shot TTS: speak --text in the voice of --prompt-audio, whose transcript is --prompt-text (or of an "
+          "offline voice, --prompt-voice; or of --prompt-codes). Uses the built-in model unless --model is given; "
+          "an LLM-TTS family checkpoint is detected, or named with --family.",
+          textwrap.dedent("""\
+            examples:
+              spade synth --prompt-voice festival_slt_hts --text "Hello there." -o out.wav
+              spade synth --model runs/distill/final --text "Hello." --prompt-audio me.wav --prompt-text "Hi." -o o.wav
+              spade synth --model CKPT --text "Hello." --prompt-codes ref.npy --prompt-text "Hi." -o codes.npy
+            """),
+          aliases={"-o": "output"}),
+    Stage("score", "spade_tts.importance.layer_importance:ScoreConfig",
+          "spade_tts.importance.layer_importance:score_layers",
+          "rank decoder layers: WER with each layer skipped (WLI) and cheaper proxies, resumable",
+          "For every decoder layer: skip it, speak the held-out items, transcribe them with Whisper and take the "
+          "mean WER (WLI, SPADE's metric; higher = more important), each item's WER capped at 100 % (item_wer_cap; "
+          "0 = plain mean) so that one babbling item cannot decide a layer. scores.json says how often the kept "
+          "set survives resampling the items (wli_stability): if rarely, raise items_per_speaker. The same run "
+          "computes block influence, angular distance and the teacher-forced loss rise on the same items, their "
+          "Spearman correlations, and (compare=true) the WER of the model cut to `keep` layers by each metric. "
+          "Writes scores.json, scores.csv and importance.png to out_dir; a killed run resumes from state.json. "
+          "Cheap ranking without ASR: --no-wli. Iterative removal: --iterative.",
+          "example:\n  spade score --model PATH items_per_speaker=8 -o runs/score_mine --json scores.json",
+          aliases={"-o": "out_dir", "--items": "items_file"}),
+    Stage("compress", "spade_tts.compress.pipeline:CompressConfig", "spade_tts.compress.pipeline:compress",
+          "the whole method in one resumable command: score -> prune -> distill -> eval -> report",
+          "Compress a model the SPADE way and leave a report to read and listen to: rank layers by WER when "
+          "skipped, remove `ratio` of them, distill the pruned model from the full one, evaluate full / pruned / "
+          "distilled on the same items, and write OUT_DIR/report/index.html. Every stage is skipped when its "
+          "output exists; rerun the same command after an interruption to resume. Stage settings go through as "
+          "stage.key=value (score.items_per_speaker=2, distill.steps=500, eval.dnsmos=false).",
+          aliases={"-o": "out_dir"},
+          presets={"--quick": ("spade_tts.compress.pipeline:QUICK",
+                               "a self-contained demo, about 12-15 min on 2 CPU cores; it builds its own small "
+                               "corpus, 1 item per voice, 30 distillation steps; its figures are a smoke test, "
+                               "not a measurement")}),
+    Stage("prune", "spade_tts.pruning.prune:PruneConfig", "spade_tts.pruning.prune:prune_checkpoint",
+          "keep the most important decoder layers (from a scores file) and save a smaller model",
+          "Keep the most important decoder layers of a Hugging Face decoder-only LM (Llama, Qwen2, Qwen3, "
+          "Mistral) by a per-layer score from `spade score`, and write a drop-in model folder: pruned weights and "
+          "config, every side file of the source (tokenizer, vocabulary, codec), and spade_pruning.json (which "
+          "teacher layer each student layer came from). Metrics: wli (the WER of the model with that layer "
+          "skipped; higher = more important), block_influence, angular, tf_loss_rise or any metric in the file; "
+          "'iterative' uses the set found by greedy removal; 'first' keeps the first layers and needs no scores. "
+          "--keep on the command line replaces the recipe's ratio, --ratio its keep.",
+          textwrap.dedent("""\
             examples:
               spade prune --scores scores.json --ratio 0.5 -o runs/pruned      # SPADE: remove half, by WLI
               spade prune --scores scores.json --keep 6 --metric block_influence -o runs/bi6
               spade prune --metric first --keep 6 -o runs/first6               # baseline, no scores needed
 
             The scores file must come from the same model: its fingerprint and depth are checked.
-        """))
-    p.add_argument("--model", default=None, help="source model folder (default: the built-in reference model)")
-    _add_family_args(p)
-    p.add_argument("--scores", default=None, help="spade-scores/1 JSON written by `spade score` for this model")
-    p.add_argument("-o", "--out", default=None, help="output folder for the pruned model (replaced if it holds an "
-                                                      "earlier `spade prune` result)")
-    p.add_argument("--keep", type=int, default=None, help="number of layers to keep")
-    p.add_argument("--ratio", type=float, default=None,
-                   help="instead of --keep: the fraction of layers to REMOVE, in (0, 1); 0.5 removes half, as SPADE")
-    p.add_argument("--metric", default=None,
-                   help="which score ranks the layers, higher = more important (default wli: the WER of the model "
-                        "with that layer skipped; also block_influence, angular, tf_loss_rise, or any metric in the "
-                        "file); 'iterative' uses the set found by greedy removal; 'first' keeps the first layers "
-                        "and needs no scores")
-    p.add_argument("--keep-first", action="store_true", default=None, help="always keep layer 0")
-    p.add_argument("--keep-last", action="store_true", default=None, help="always keep the last layer")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_prune)
-
-    p = sub.add_parser(
-        "distill", help="train a pruned student from the frozen full model (CE + logits + latents + attention + "
-                        "embeddings)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="SPADE's multi-level distillation on Hugging Face Accelerate: the student from `spade prune` "
-                    "learns from the frozen teacher on a fixed subset of the teacher's data (data_fraction), with "
-                    "dynamic layer matching. Resumable: rerun the same command after a stop or a crash.",
-        epilog=textwrap.dedent("""
+            """),
+          aliases={"-o": "out"}, resets={"keep": ("ratio", 0.0), "ratio": ("keep", 0)}),
+    Stage("distill", "spade_tts.distill.trainer:DistillConfig", "spade_tts.distill.trainer:distill",
+          "recover a pruned model by multi-level distillation from the full one (accelerate-ready)",
+          "SPADE's multi-level distillation on Hugging Face Accelerate: the student from `spade prune` learns "
+          "from the frozen teacher on a fixed subset of the teacher's data (data_fraction), with dynamic layer "
+          "matching. Resumable: rerun the same command after a stop or a crash.",
+          textwrap.dedent("""\
             examples:
               spade distill --recipe recipes/distill.yaml student=runs/pruned out_dir=runs/distill
-              spade distill --recipe recipes/distill.yaml student=runs/pruned matching=static w_attn=0
+              spade distill --recipe recipes/distill.yaml --student runs/pruned --matching static --w-attn 0
               accelerate launch --num_processes 4 -m spade_tts.distill --recipe recipes/distill.yaml student=...
 
             Writes OUT_DIR/final (a Hugging Face checkpoint with the student's side files), checkpoints/,
             train_log.jsonl and, if TensorBoard is installed, tensorboard/. See docs/distillation.md.
-        """))
-    _add_config_args(p)
-    p.set_defaults(func=cmd_distill)
-
-    p = sub.add_parser(
-        "eval", help="compare models side by side on the same items, with 95 %% confidence intervals",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Speak the same zero-shot items with every model (batch 1, same seeds) and measure, per model: "
-                    "Whisper WER and CER, speaker cosine to the prompt (SIM), DNSMOS P.808 and OVRL, LM-only and "
-                    "end-to-end real-time factor (RTF), tokens per second, peak memory, parameters (LM and whole "
-                    "system) and depth. Every model after the first gets the paper-style gaps to the first.",
-        epilog=textwrap.dedent("""
+            """),
+          aliases={"-o": "out_dir"}),
+    Stage("eval", "spade_tts.evaluation.evaluate:EvalConfig", "spade_tts.evaluation.evaluate:evaluate_models",
+          "compare models on the same items: WER, CER, SIM, DNSMOS, RTF, memory, params, 95 % CIs",
+          "Speak the same zero-shot items with every model (batch 1, same seeds) and measure, per model: Whisper "
+          "WER and CER, speaker cosine to the prompt (SIM), DNSMOS P.808 and OVRL, LM-only and end-to-end "
+          "real-time factor (RTF), tokens per second, peak memory, parameters (LM and whole system) and depth. "
+          "Every model after the first gets the paper-style gaps to the first.",
+          textwrap.dedent("""\
             items: the built-in held-out set (data/corpus; items_per_speaker=N per voice) unless --items LIST,
             a Seed-TTS-eval style file, one item per line (paths relative to the list file; '#' comments):
                 id|prompt_text|prompt_wav|target_text
@@ -471,24 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
 
             Audio goes to OUT_DIR/<model>/wav/. A model already finished with the same items and settings is
             read back from OUT_DIR/<model>/result.json, so rerunning an interrupted comparison resumes it.
-        """))
-    p.add_argument("--models", nargs="+", metavar="MODEL",
-                   help="'built-in', a model folder, or LABEL=FOLDER; the first is the baseline")
-    p.add_argument("--items", default=None, metavar="LIST", help="id|prompt_text|prompt_wav|target_text list "
-                                                                "(default: the built-in held-out set)")
-    p.add_argument("--json", default=None, help="write the results here (default OUT_DIR/eval.json)")
-    p.add_argument("-o", "--out", default=None, help="folder for audio and per-model results (default runs/eval)")
-    p.add_argument("--report", default=None, metavar="DIR", help="also write the HTML report to DIR")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser(
-        "report", help="write the static HTML report (metrics, layer importance, loss curves, audio)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Turn `spade eval --json` results (and optionally `spade score` layer scores and a distillation "
-                    "log) into one self-contained folder: index.html with inline CSS, charts as PNG, every wav "
-                    "copied under audio/. No network, no JavaScript.",
-        epilog=textwrap.dedent("""
+            """),
+          aliases={"-o": "out_dir", "--out": "out_dir", "--items": "items_file", "--report": "report_dir"}),
+    Stage("report", "spade_tts.evaluation.report:ReportConfig", "spade_tts.evaluation.report:report",
+          "static HTML report: metrics table, layer importance, distillation curves, audio side by side",
+          "Turn `spade eval --json` results (and optionally `spade score` layer scores and a distillation log) "
+          "into one self-contained folder: index.html with inline CSS, charts as PNG, every wav copied under "
+          "audio/. No network, no JavaScript.",
+          textwrap.dedent("""\
             examples:
               spade report --eval runs/eval.json -o runs/report
               spade report --eval runs/eval.json --scores runs/score/scores.json \\
@@ -496,36 +181,153 @@ def build_parser() -> argparse.ArgumentParser:
 
             The distillation log is JSONL: one dict per line with `step` and loss terms (loss, ce, kd, latent,
             attn, emb, ...); every numeric key except step/lr/time gets a panel.
-        """))
-    p.add_argument("--eval", required=True, metavar="JSON", help="spade-eval/1 results from `spade eval --json`")
-    p.add_argument("--scores", default=None, metavar="JSON", help="spade-scores/1 layer scores from `spade score` "
-                                                                  "(its importance.png is picked up next to it)")
-    p.add_argument("--importance-png", default=None, metavar="PNG", help="the layer-importance chart, if not next "
-                                                                         "to --scores")
-    p.add_argument("--distill-log", default=None, metavar="JSONL", help="distillation training log")
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="report folder (index.html is written there)")
-    p.add_argument("--sentences", type=int, default=6, help="sentences to play side by side (default 6)")
-    p.add_argument("--title", default="spade-tts compression report")
-    p.set_defaults(func=cmd_report)
+            """),
+          aliases={"-o": "out"}),
+]
+
+SETTINGS = ("settings, lowest to highest: the defaults shown above{presets}, --recipe FILE.yaml, then flags and\n"
+            "key=value (the same keys; stage.key=value sets one entry of a mapping; key=value wins over a flag).")
+
+
+def resolve(ref: str) -> Any:
+    """``"module:attr"`` -> the object, imported now (the table names them so that it imports nothing)."""
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _stage_epilog(stage: Stage) -> str:
+    presets = "".join(f", {flag}" for flag in stage.presets)
+    return "\n\n".join(part for part in (stage.epilog.rstrip(), SETTINGS.format(presets=presets)) if part)
+
+
+def _fill(text: str) -> str:
+    """Prose wrapped to the terminal, as argparse wraps help; epilogs keep their own layout."""
+    width = min(100, max(40, shutil.get_terminal_size().columns - 2))
+    return "\n\n".join(textwrap.fill(par, width, break_on_hyphens=False) for par in text.split("\n\n"))
+
+
+def _is_bool(tp: Any) -> bool:
+    """``bool`` or ``bool | None``: a --flag/--no-flag pair (None stays reachable as key=null)."""
+    return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                          and set(typing.get_args(tp)) == {bool, type(None)})
+
+
+def stage_parser(stage: Stage) -> tuple[argparse.ArgumentParser, type]:
+    """The parser of one stage: ``--recipe``, its presets, one flag per config field (plus the declared
+    aliases), and ``key=value`` settings. Every flag defaults to None, so "given" means typed."""
+    cls = resolve(stage.config)
+    p = argparse.ArgumentParser(prog=f"spade {stage.name}", description=_fill(stage.description or stage.help),
+                                epilog=_stage_epilog(stage), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", help="YAML file with settings for this stage (see recipes/)")
+    for flag, (_, text) in stage.presets.items():
+        p.add_argument(flag, action="store_true", help=text)
+    aliases: dict[str, list[str]] = {}
+    for option, name in stage.aliases.items():
+        aliases.setdefault(name, []).append(option)
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    for f in dataclasses.fields(cls):
+        tp, shown = hints[f.name], show_value(field_default(f))
+        text = " ".join(t for t in (comments.get(f.name, ""), f"(default: {shown})") if t).replace("%", "%%")
+        options = [*aliases.pop(f.name, []), "--" + f.name.replace("_", "-")]
+        if _is_bool(tp):
+            p.add_argument(*options, dest=f.name, action=argparse.BooleanOptionalAction, help=text)
+        elif typing.get_origin(tp) in (list, tuple):
+            p.add_argument(*options, dest=f.name, nargs="+", metavar=f.name.upper(), help=text)
+        else:
+            p.add_argument(*options, dest=f.name, metavar="YAML" if tp is dict else f.name.upper(), help=text)
+    if aliases:
+        raise TypeError(f"stage {stage.name!r}: aliases for unknown field(s) {sorted(aliases)} of {cls.__name__}")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any setting above by its key (seed=1)")
+    return p, cls
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """`spade --help`: the stages and their one-line help, from the table; nothing of a stage is imported.
+    The stage parsers here only check the name (a real stage never gets this far: :func:`main`)."""
+    width = max(len(s.name) for s in STAGES) + 2
+    lines = ["stages (run `spade STAGE --help` for each):"]
+    for s in STAGES:
+        lines.append(f"  {s.name:<{width}}{s.help}")
+        lines += [f"  {'':<{width}}(`spade {s.name} {flag}`: {text.split(';')[0]})" for flag, (_, text) in
+                  s.presets.items()]
+    lines += ["", "settings: every flag of a stage is a setting of its config; every stage takes --recipe FILE.yaml",
+              "and any number of key=value overrides."]
+    parser = argparse.ArgumentParser(
+        prog="spade", description="spade-tts: compress LLM-based TTS models by WER-based layer pruning and distillation.",
+        epilog="\n".join(lines), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"spade-tts {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", help="one of the stages below")
+    groups: dict[str, Any] = {}
+    for s in STAGES:
+        first, *rest = s.name.split()
+        if not rest:
+            sub.add_parser(first, add_help=False)
+            continue
+        if first not in groups:
+            listing = "\n".join(f"  spade {t.name:<14}{t.help}" for t in STAGES if t.name.split()[0] == first)
+            groups[first] = sub.add_parser(first, prog=f"spade {first}", description=listing,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter
+                                           ).add_subparsers(metavar="ACTION")
+        groups[first].add_parser(rest[0], add_help=False)
     return parser
+
+
+def find_stage(argv: list[str]) -> Stage | None:
+    for s in STAGES:
+        words = s.name.split()
+        if argv[:len(words)] == words:
+            return s
+    return None
+
+
+def run_stage(stage: Stage, argv: list[str]) -> None:
+    """Parse, layer the settings, print them, run. The only logic here is what the table declares."""
+    parser, cls = stage_parser(stage)
+    args = parser.parse_intermixed_args(argv)
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags, overrides = {}, []
+    for name in names:
+        value = getattr(args, name)
+        if isinstance(value, list):  # `--models A B seed=1`: argparse hands trailing settings to a list flag
+            overrides += [v for v in value if "=" in v and override_key(v) in names]
+            value = [v for v in value if not ("=" in v and override_key(v) in names)] or None
+        if value is not None:
+            flags[name] = value if not isinstance(value, bool) else str(value).lower()
+    overrides += args.overrides
+    base: dict[str, Any] = {}
+    for flag, (ref, _) in stage.presets.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")):
+            base.update(resolve(ref))
+    cfg = load_config(cls, args.recipe, overrides, base=base, flags=flags)
+    given = set(flags) | {override_key(o) for o in overrides}
+    for key, (other, value) in stage.resets.items():
+        if key in given and other not in given:
+            setattr(cfg, other, value)
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, once, not once per process
+        print("settings: " + json.dumps(to_dict(cfg)))
+    result = resolve(stage.run)(cfg)
+    if stage.print_result:
+        print(json.dumps(result, indent=2, default=str))
 
 
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stage = find_stage(argv)
+    if stage is None:  # no stage named: help, --version, or argparse's own error for a wrong name
+        parser = top_parser()
+        args = parser.parse_args(argv)
         parser.print_help()
         return 0 if args.stage is None else 2
     try:
-        args.func(args)
+        run_stage(stage, argv[len(stage.name.split()):])
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
-        print(f"spade {args.stage}: error: {e}", file=sys.stderr)
+        print(f"spade {stage.name}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

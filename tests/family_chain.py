@@ -133,7 +133,7 @@ def run_chain(tmp_path: Path, build_checkpoint_fn: Callable[[Path], Path | None]
     from spade_tts.distill.trainer import DistillConfig, distill
     from spade_tts.families.data import FamilyDataConfig, build_family_dataset
     from spade_tts.families.registry import detect_family, load_speech_lm
-    from spade_tts.importance.family_scores import FamilyScoreConfig, score_family
+    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
     from spade_tts.pruning.layers import decoder_layers
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
@@ -157,8 +157,8 @@ def run_chain(tmp_path: Path, build_checkpoint_fn: Callable[[Path], Path | None]
     manifest.write_text("\n".join(lines) + "\n")
 
     fam = {"family": family, "family_config": family_config or ""}
-    scores = score_family(FamilyScoreConfig(model=str(ckpt), data=str(manifest), out_dir=str(tmp_path / "score"),
-                                            batch_size=4, **fam))
+    scores = score_layers(ScoreConfig(model=str(ckpt), data=str(manifest), out_dir=str(tmp_path / "score"),
+                                      wli=False, tf_batch=4, **fam))
     assert scores["num_layers"] == depth and len(scores["layers"]) == depth
     assert all(np.isfinite(row["tf_loss_rise"]) for row in scores["layers"])
 

@@ -5,24 +5,28 @@ from transformers import AutoModelForCausalLM
 
 from spade_tts.audio import to_mono_16k
 from spade_tts.data.voices import synthesize
-from spade_tts.reference.synth import BUILTIN_MODEL, GenerationSettings, ReferenceTTS
+from spade_tts.families import BUILTIN_MODEL
+from spade_tts.families.builtin import BuiltinTTS
+from spade_tts.families.registry import load_speech_lm
 from spade_tts.scoring import get_speaker_encoder
+from spade_tts.synthesis import synthesize as speak
 
 
 def test_builtin_weights_load_with_auto_class():
     model = AutoModelForCausalLM.from_pretrained(BUILTIN_MODEL)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 12
-    assert model.config.vocab_size == ReferenceTTS.from_pretrained().vocab.size
+    tts = load_speech_lm()  # no model named: the built-in one, as the builtin family
+    assert isinstance(tts, BuiltinTTS) and model.config.vocab_size == tts.vocab.size == tts.vocab_size
 
 
 def test_builtin_model_speaks_in_the_prompt_voice():
-    tts = ReferenceTTS.from_pretrained()
+    tts = load_speech_lm("built-in")
     prompt_text = "The birch canoe slid on the smooth planks."
     prompts = {v: to_mono_16k(u.audio, u.sample_rate)
                for v, u in zip(("flite_slt", "flite_awb"), [synthesize([prompt_text], v)[0] for v in ("flite_slt", "flite_awb")])}
-    settings = GenerationSettings(temperature=0.0, max_seconds=6.0)
+    settings = tts.generation_defaults(temperature=0.0, max_seconds=6.0)
     text = "Glue the sheet to the dark blue background."
-    out = {v: tts.synthesize([text], a, prompt_text, settings)[0] for v, a in prompts.items()}
+    out = {v: speak(tts, [text], [a], [prompt_text], settings)[0] for v, a in prompts.items()}
     for r in out.values():
         assert r.audio.dtype == np.float32 and 0.5 < len(r.audio) / 16000 <= 6.0
         assert 0 <= r.codes.min() and r.codes.max() < 4096

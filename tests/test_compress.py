@@ -56,5 +56,5 @@ def test_stage_settings_are_checked(tiny_reference, tiny_corpus, tiny_tokens, tm
     with pytest.raises(ValueError, match="unknown score setting"):
         compress(cfg)
     assert main(["compress", f"model={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'x'}"]) == 2
-    assert "no model in" in capsys.readouterr().err
+    assert "nowhere not found" in capsys.readouterr().err
     assert pipeline.QUICK["own_corpus"] is True

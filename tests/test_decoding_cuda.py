@@ -85,15 +85,17 @@ def test_trimmed_head_in_bfloat16_on_the_gpu():
 
 
 def test_reference_synthesis_on_the_gpu_speaks_like_hf_forward():
-    from spade_tts.reference.synth import GenerationSettings, ReferenceTTS, generate_codes
+    from builtin_helpers import phone_forced
 
-    tts = ReferenceTTS.from_pretrained(device="cuda")
+    from spade_tts.families.builtin import BuiltinTTS
+
+    tts = BuiltinTTS.from_pretrained(device="cuda")
     v = tts.vocab
     targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"])]
     prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), targets[0], [100, 200, 300]),
                v.prompt_ids(v.phone_ids(["pau", "iy", "pau"]), targets[1], [400, 500, 600, 700, 800, 900])]
     for temperature in (0.0, 1.0):
         kw = dict(temperature=temperature, top_p=0.9, seed=5, max_phone_seconds=0.1, max_seconds=2.0)
-        fast = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="static", **kw))
-        ref = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="hf", **kw))
+        fast = phone_forced(tts, prompts, targets, decoder="static", **kw)
+        ref = phone_forced(tts, prompts, targets, decoder="hf", **kw)
         assert fast == ref and all(len(codes) > 0 for codes, _, _ in fast), temperature

@@ -19,7 +19,9 @@ import pytest
 import torch
 
 from spade_tts.distill import data as ddata
-from spade_tts.distill.data import TokenDataset, build_reference_dataset, write_token_dataset
+from spade_tts.distill.data import TokenDataset, write_token_dataset
+from spade_tts.reference import distill_data as builtin_data
+from spade_tts.reference.distill_data import build_reference_dataset
 from spade_tts.distill.hooks import Capture
 from spade_tts.distill.losses import DistillLoss, LossWeights, _attention_probs, kd_loss
 from spade_tts.distill.matching import dynamic_matching, layer_matching, read_pruning_record, static_matching
@@ -175,7 +177,7 @@ def test_every_term_is_zero_for_an_identical_student(tiny):
 
 
 def test_terms_positive_and_gradients_reach_only_the_student(tiny):
-    teacher, student = load_models(tiny[0], tiny[1], read_pruning_record(tiny[1]), DistillConfig(), "cpu")
+    teacher, student, _ = load_models(tiny[0], tiny[1], read_pruning_record(tiny[1]), DistillConfig(), "cpu")
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     with torch.no_grad():  # a pruned copy starts with the teacher's embeddings: move them, as training would
         student.get_input_embeddings().weight.add_(0.01 * torch.randn_like(student.get_input_embeddings().weight))
@@ -200,7 +202,7 @@ def test_terms_positive_and_gradients_reach_only_the_student(tiny):
 
 
 def test_teacher_is_unchanged_by_training_steps(tiny):
-    teacher, student = load_models(tiny[0], tiny[1], read_pruning_record(tiny[1]), DistillConfig(), "cpu")
+    teacher, student, _ = load_models(tiny[0], tiny[1], read_pruning_record(tiny[1]), DistillConfig(), "cpu")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
     loss = DistillLoss(teacher, student, [1, 3])
@@ -273,12 +275,12 @@ def test_data_fraction_subset_is_fixed_by_seed_and_sized(tmp_path):
     meta = json.loads((a / ddata.META_FILE).read_text())
     assert meta["utterances_total"] == 100 and meta["utterances_used"] == 20  # 20 % of the training utterances
     assert abs(meta["percent_utterances"] - 20.0) < 1e-9 and 0 < meta["percent_hours"] < 100
-    chosen0 = ddata.select_utterances(items, 0.2, 0)
+    chosen0 = builtin_data.select_utterances(items, 0.2, 0)
     assert meta["seconds_used"] == pytest.approx(sum(items[i]["seconds"] for i in chosen0))
     assert meta["seconds_total"] == pytest.approx(sum(it["seconds"] for it in items if it["split"] == "train"))
     mtime = (a / ddata.META_FILE).stat().st_mtime_ns
     assert build(0) == a and (a / ddata.META_FILE).stat().st_mtime_ns == mtime  # built once, reused
-    assert chosen0 == ddata.select_utterances(items, 0.2, 0) != ddata.select_utterances(items, 0.2, 1)
+    assert chosen0 == builtin_data.select_utterances(items, 0.2, 0) != builtin_data.select_utterances(items, 0.2, 1)
     assert all(items[i]["split"] == "train" for i in chosen0)
     b = build(1)
     assert b != a

@@ -132,10 +132,12 @@ def test_model_specs_labels(tmp_path):
     assert specs[0].path == "" and specs[2].path == str((tmp_path / "m").resolve())
     with pytest.raises(ValueError, match="not a folder"):
         parse_model_specs([str(tmp_path / "absent")])
-    from spade_tts.evaluation.models import BUILTIN_FOLDER
-    from spade_tts.reference.synth import BUILTIN_MODEL
+    import subprocess
+    import sys
 
-    assert BUILTIN_FOLDER == BUILTIN_MODEL  # the cache key finds the built-in model without importing torch
+    # the cache key finds the built-in model without importing torch
+    code = "import sys, spade_tts.evaluation.models; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 # ---------------------------------------------------------------- end to end on the tiny model
@@ -288,3 +290,107 @@ def test_cli_eval_settings_after_models_and_one_line_errors(tmp_path, monkeypatc
         assert main(["eval", "--models", "built-in", "-o", str(tmp_path / "o"), *setting.split()]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and says in err, err
+
+
+# ---------------------------------------------------------------- the report from synthetic results
+
+def _fake_eval(tmp_path: Path, items: list[tuple[str, str]], models: dict[str, str]) -> dict:
+    """A spade-eval/1 dict with real (tiny) wav files: ``items`` are (speaker, text), ``models`` label -> folder."""
+    import soundfile as sf
+
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, (0.1 * np.sin(np.arange(1600) / 5)).astype(np.float32), 16000)
+    per_item = [{"id": f"u{i}", "speaker": spk, "text": text, "prompt_text": "A prompt.", "prompt_wav": str(wav),
+                 "wav": str(wav), "transcript": text, "wer": 0.5, "sim": 0.8, "seconds": 0.1}
+                for i, (spk, text) in enumerate(items)]
+    model = {"items": len(items), "guard_hits": 0, "truncated": 0, "layers": 4, "params": {"lm": 1e6, "system": 2e6},
+             "wer": 0.774, "wer_capped": 0.70, "cer": 0.5, "sim": 0.8, "dnsmos": {"p808": None, "ovrl": None},
+             "rtf": {"lm": 0.1, "e2e": 0.2}, "tokens_per_second": 100.0, "peak_mem_bytes": 2**20,
+             "peak_mem_kind": "rss", "vs_first": None, "per_item": per_item}
+    return {"format": "spade-eval/1", "items": {"count": len(items), "source": "synthetic"}, "machine": {},
+            "models": [{**model, "label": label, "model": folder} for label, folder in models.items()]}
+
+
+def _listened(page: str) -> list[str]:
+    return re.findall(r'<div class="text">(.*?)</div>', page)
+
+
+def test_listen_rows_play_every_voice_and_every_distinct_sentence_before_any_repeat(tmp_path):
+    # each voice reads every sentence, in speaker order: the first rows in order would be one voice
+    items = [(spk, text) for spk in ("awb", "rms", "slt") for text in ("One.", "Two.", "Three.", "Four.")]
+    page = write_report(tmp_path / "r", _fake_eval(tmp_path, items, {"full": "built-in"}), sentences=3).read_text()
+    rows = re.findall(r'<div class="score">(u\d+)</div>', page)
+    speakers = [items[int(uid[1:])][0] for uid in rows]
+    texts = _listened(page)
+    assert sorted(speakers) == ["awb", "rms", "slt"] and len(set(texts)) == 3
+
+
+def test_listen_rows_never_leave_a_voice_out(tmp_path):
+    # the quick demo: 7 voices, 2 held-out sentences, one item per voice, 6 rows asked for
+    voices = [f"voice{i}" for i in range(7)]
+    items = [(v, "Sentence A." if i % 2 == 0 else "Sentence B.") for i, v in enumerate(voices)]
+    page = write_report(tmp_path / "r", _fake_eval(tmp_path, items, {"full": "built-in"}), sentences=6).read_text()
+    texts = _listened(page)
+    assert len(texts) == 7 and texts[:2] == ["Sentence A.", "Sentence B."]
+    assert page.count('class="audio-row"') == 7
+
+
+def _pixels(png: Path, rgb: tuple[int, int, int]) -> int:
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)[..., :3] * 255
+    return int((np.abs(img - np.array(rgb)).max(axis=-1) < 4).sum())
+
+
+def test_report_marks_the_layers_the_pruned_model_removed_in_chart_and_table(tmp_path):
+    from spade_tts.importance.plots import plot_importance
+
+    pruned = tmp_path / "pruned"
+    pruned.mkdir()
+    (pruned / "spade_pruning.json").write_text(json.dumps(
+        {"format": "spade-pruning/1", "teacher_layers": 4, "student_layers": 2, "kept": [0, 3], "removed": [1, 2],
+         "metric": "wli", "source_fingerprint": "f" * 16}))
+    layers = [{"layer": i, "wli": 0.8, "block_influence": 0.1} for i in range(4)]
+    scores = {"format": "spade-scores/1", "num_layers": 4, "model_fingerprint": "f" * 16, "full_wer": 0.62,
+              "full_wer_uncapped": 0.70, "item_wer_cap": 1.0, "items": 7, "metrics": ["wli", "block_influence"],
+              "layers": layers}
+    (tmp_path / "score").mkdir()
+    (tmp_path / "score" / "scores.json").write_text(json.dumps(scores))
+    plot_importance(tmp_path / "score" / "importance.png", layers, scores["metrics"], 0.62)  # as `spade score` does
+    shutil.copytree(pruned, tmp_path / "distilled")  # `spade distill` keeps the student's record
+    data = _fake_eval(tmp_path, [("slt", "One.")], {"full": "built-in", "pruned": str(pruned),
+                                                    "distilled": str(tmp_path / "distilled")})
+    page = write_report(tmp_path / "r", data, tmp_path / "score" / "scores.json").read_text()
+
+    table = page[page.index('<table class="scores">'):]
+    table = table[:table.index("</table>")]
+    assert "<th>in pruned, distilled</th>" in table
+    assert re.findall(r'<tr class="removed-layer"><td>(\d)</td>', table) == ["1", "2"]
+    assert table.count("<td>kept</td>") == 2 and table.count("<td>removed</td>") == 2
+    assert "the 2 layers [1, 2] removed in pruned, distilled (ranked by wli" in page
+    blue = (0x3B, 0x6E, 0xA8)
+    chart, original = tmp_path / "r" / "assets" / "importance.png", tmp_path / "score" / "importance.png"
+    assert _pixels(chart, blue) < 0.7 * _pixels(original, blue)  # two of the four WLI bars are no longer blue
+    grey = (0xE4, 0xE4, 0xE4)  # the removed bars' fill; the original has it only in anti-aliased edges
+    assert _pixels(chart, grey) > 5 * _pixels(original, grey)
+
+    # a pruned model cut from another model is not marked
+    other = {**scores, "model_fingerprint": "0" * 16}
+    page = write_report(tmp_path / "r2", data, other).read_text()
+    assert '<tr class="removed-layer">' not in page and "<th>in pruned" not in page
+
+
+def test_report_says_why_the_full_model_wer_differs_between_scores_and_metrics(tmp_path):
+    import html
+
+    scores = {"format": "spade-scores/1", "num_layers": 2, "full_wer": 0.62, "full_wer_uncapped": 0.70,
+              "item_wer_cap": 1.0, "items": 7, "metrics": ["wli"], "layers": [{"layer": 0, "wli": 1.0},
+                                                                             {"layer": 1, "wli": 0.9}]}
+    data = _fake_eval(tmp_path, [("slt", "One.")] * 5, {"full": "built-in"})
+    page = html.unescape(write_report(tmp_path / "r", data, scores).read_text())
+    assert ("Full-model WER here: 62.0 % over 7 scoring items, each item's WER capped at 100 % before averaging "
+            "(plain mean 70.0 %).") in page
+    assert "gives full 77.4 % (WER %), the plain mean over its 5 evaluation items" in page
+    assert "capped at 100 % it is 70.0 % (WER<=100 %)" in page
+    page = html.unescape(write_report(tmp_path / "r", data, {**scores, "item_wer_cap": 0}).read_text())
+    assert "62.0 % over 7 scoring items (plain mean, no cap)." in page

@@ -62,18 +62,19 @@ def test_static_and_hf_engines_give_identical_greedy_tokens(generic):
     assert static_supported(generic.lm)
     prompts = [generic.prompt_ids("hello there", "good night", np.array([1, 2, 3])), generic.prompt_ids("thank you")]
     cfg = GenerationConfig(greedy=True, max_new_tokens=12, min_new_tokens=4)
-    a = generate_ids(generic, prompts, cfg, engine="static")
-    b = generate_ids(generic, prompts, cfg, engine="hf")
+    import dataclasses
+
+    a = generate_ids(generic, prompts, cfg)
+    b = generate_ids(generic, prompts, dataclasses.replace(cfg, decoder="hf"))
     assert a == b and all(len(x) >= 4 for x in a)
     # a batch row equals the same prompt alone (left padding changes nothing)
-    assert generate_ids(generic, prompts[1:], cfg, engine="static")[0] == a[1]
-    # int8 weights (CPU, lossy): still only speech/stop ids, at least min_new_tokens; the HF engine refuses it
-    import dataclasses
-    q = generate_ids(generic, prompts, dataclasses.replace(cfg, int8_weights=True), engine="static")
+    assert generate_ids(generic, prompts[1:], cfg)[0] == a[1]
+    # int8 weights (CPU, lossy): still only speech/stop ids, at least min_new_tokens; a bad decoder name is refused
+    q = generate_ids(generic, prompts, dataclasses.replace(cfg, decoder="static-int8"))
     allowed = set(generic.layout.head_rows().tolist())
     assert all(len(x) >= 4 and set(x) <= allowed for x in q)
-    with pytest.raises(ValueError, match="static engine"):
-        generate_ids(generic, prompts, dataclasses.replace(cfg, int8_weights=True), engine="hf")
+    with pytest.raises(ValueError, match="decoder="):
+        generate_ids(generic, prompts, dataclasses.replace(cfg, decoder="bogus"))
 
 
 def test_sampling_never_emits_text_and_is_seeded(generic):
@@ -131,7 +132,11 @@ def test_cli_data_score_prune(tmp_path, generic_dir, capsys):
                              for k in range(4)) + "\n")
     assert main(["data", "family", "--model", str(generic_dir), "--manifest", str(man), "-o", str(tmp_path / "ds")]) == 0
     assert (tmp_path / "ds" / "spade_data.json").is_file()
-    assert main(["score", "--model", str(generic_dir), "--data", str(man), "out_dir=" + str(tmp_path / "sc")]) == 0
+    # codes-only rows: no audio to prompt a voice with, so WLI is refused with a hint, and wli=false ranks by proxies
+    assert main(["score", "--model", str(generic_dir), "--data", str(man), "out_dir=" + str(tmp_path / "sc")]) == 2
+    assert "wli=false" in capsys.readouterr().err
+    assert main(["score", "--model", str(generic_dir), "--data", str(man), "out_dir=" + str(tmp_path / "sc"),
+                 "wli=false"]) == 0
     scores = json.loads((tmp_path / "sc" / "scores.json").read_text())
     assert scores["family"] == "generic" and scores["num_layers"] == 4
     assert main(["prune", "--model", str(generic_dir), "--scores", str(tmp_path / "sc" / "scores.json"),

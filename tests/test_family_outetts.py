@@ -358,7 +358,7 @@ def test_sampled_generation_follows_the_word_blocks(oute, engine):
     prompts = [oute.prompt_ids("hello there", prompt=speaker), oute.prompt_ids("thank you")]
     with pytest.warns(UserWarning, match="max_new_tokens"):
         out = generate_ids(oute, prompts, GenerationConfig(temperature=1.0, top_p=1.0, seed=3, max_new_tokens=90,
-                                                           min_new_tokens=90), engine=engine)
+                                                           min_new_tokens=90, decoder=engine))
     with_speaker, fresh = (symbols(oute, o) for o in out)
     # a prefix of the language: complete it with what each cut-off state still needs, then match the whole
     closes = ["", "E", "bE", "FtespKE", "tespKE", "espKE", "spKE", "pKE", "KE", "wFtespKE", "SwFtespKE"]
@@ -392,11 +392,11 @@ def test_stop_only_after_a_whole_word(oute):
 
     handle = oute.lm.lm_head.register_forward_hook(hook)
     try:
-        new = generate_ids(oute, [prompt], GenerationConfig(greedy=True, max_new_tokens=60), engine="hf")[0]
+        new = generate_ids(oute, [prompt], GenerationConfig(greedy=True, max_new_tokens=60, decoder="hf"))[0]
         pushed[:] = pushed[2:]  # stops no longer pushed: word after word, joined by '\n<|word_start|>'
         with pytest.warns(UserWarning, match="max_new_tokens"):
-            more = generate_ids(oute, [prompt], GenerationConfig(greedy=True, max_new_tokens=30, min_new_tokens=30),
-                                engine="hf")[0]
+            more = generate_ids(oute, [prompt], GenerationConfig(greedy=True, max_new_tokens=30, min_new_tokens=30,
+                                                                   decoder="hf"))[0]
     finally:
         handle.remove()
     assert symbols(oute, new) == "wFtespKabEn$"  # the shortest whole word, then the stop

@@ -13,12 +13,12 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-import spade_tts.reference.evaluate as ev
-from spade_tts.importance.layer_importance import (ScoreConfig, iterative_removal, rank_correlation, score_layers,
-                                                  wli_stability)
-from spade_tts.importance.teacher_forced import block_similarity, build_batch, speech_loss
-from spade_tts.reference.evaluate import heldout_items
-from spade_tts.reference.synth import ReferenceTTS
+import spade_tts.synthesis as synthesis
+from spade_tts.evaluation.items import heldout_eval_items
+from spade_tts.families.builtin import BuiltinTTS
+from spade_tts.importance.layer_importance import (ScoreConfig, iterative_removal, proxy_sequences, rank_correlation,
+                                                  score_layers, wli_stability)
+from spade_tts.importance.teacher_forced import block_similarity, sequence_batch, speech_loss
 
 IDENTITY_LAYER = 1
 
@@ -96,13 +96,13 @@ def test_score_outputs_json_csv_plot_and_comparisons(scored):
 def test_a_finished_score_run_is_not_redone_and_a_lost_layer_is(scored, monkeypatch):
     cfg, res = scored
     calls = []
-    original = ev.speak_items
+    original = synthesis.synthesize
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("desc"))
+        calls.append(kwargs.get("progress"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "speak_items", counting)
+    monkeypatch.setattr(synthesis, "synthesize", counting)
     again = score_layers(cfg)
     assert calls == [] and again["layers"] == res["layers"]
     state_path = Path(cfg.out_dir) / "state.json"
@@ -115,12 +115,12 @@ def test_a_finished_score_run_is_not_redone_and_a_lost_layer_is(scored, monkeypa
 
 def test_hooked_block_influence_matches_hidden_states(tiny_reference, tiny_corpus):
     corpus, _, _ = tiny_corpus
-    tts = ReferenceTTS.from_pretrained(tiny_reference)
-    items = heldout_items(corpus, 1, 4.0, 0)
-    batch = build_batch(tts, items, corpus)
-    got = block_similarity(tts.model, tts.model.model.layers, batch, chunk=1)
+    tts = BuiltinTTS.from_pretrained(tiny_reference)
+    items = heldout_eval_items(corpus, 1, 4.0, 0)
+    batch = sequence_batch(proxy_sequences(tts, ScoreConfig(), items), tts.pad_id)
+    got = block_similarity(tts.lm, tts.lm.model.layers, batch, chunk=1)
     with torch.no_grad():
-        hs = tts.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
+        hs = tts.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
     sel = batch.target_mask
     for i in range(len(hs) - 2):  # the last entry is after the final norm, so the last layer is left out here
         cos = torch.nn.functional.cosine_similarity(hs[i][sel], hs[i + 1][sel], dim=-1)
@@ -129,16 +129,66 @@ def test_hooked_block_influence_matches_hidden_states(tiny_reference, tiny_corpu
 
 def test_speech_loss_of_length_sorted_cut_chunks_equals_one_padded_forward(tiny_reference, tiny_corpus):
     corpus, _, _ = tiny_corpus
-    tts = ReferenceTTS.from_pretrained(tiny_reference)
-    batch = build_batch(tts, heldout_items(corpus, 2, 4.0, 0), corpus)
+    tts = BuiltinTTS.from_pretrained(tiny_reference)
+    batch = sequence_batch(proxy_sequences(tts, ScoreConfig(), heldout_eval_items(corpus, 2, 4.0, 0)), tts.pad_id)
     lengths = batch.attention_mask.sum(1)
     assert lengths.min() < lengths.max()  # the cut has padding to remove
     with torch.no_grad():
-        logits = tts.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = tts.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     sel = batch.target_mask[:, :-1]
     ref = torch.nn.functional.cross_entropy(logits[:, :-1][sel], batch.input_ids[:, 1:][sel]).item()
     for chunk in (1, 3):
-        assert speech_loss(tts.model, batch, chunk=chunk) == pytest.approx(ref, rel=1e-5)
+        assert speech_loss(tts.lm, batch, chunk=chunk) == pytest.approx(ref, rel=1e-5)
+
+
+def test_teacher_forced_sequences_are_the_built_in_training_layout(tiny_reference, tiny_corpus):
+    """The proxies read each item as the model was trained on it: prompt speech as recorded, then the target's
+    phones each followed by the frames spoken during it; the loss starts after the prompt's speech."""
+    from spade_tts.audio import load_audio
+    from spade_tts.reference.vocab import frames_per_phone
+
+    corpus, _, _ = tiny_corpus
+    tts = BuiltinTTS.from_pretrained(tiny_reference)
+    items = heldout_eval_items(corpus, 1, 4.0, 0)
+    for it, (ids, loss_from) in zip(items, proxy_sequences(tts, ScoreConfig(), items)):
+        v, codec = tts.vocab, tts.codec
+        p_codes, t_codes = codec.encode(load_audio(it["prompt_wav"])), codec.encode(load_audio(it["reference_wav"]))
+        p_ph, t_ph = v.phone_ids([p for p, _ in it["prompt_phones"]]), v.phone_ids([p for p, _ in it["target_phones"]])
+        frames = frames_per_phone([e for _, e in it["target_phones"]], 100, len(t_codes))
+        expected, start = v.training_ids(p_ph, t_ph, p_codes, t_codes, frames)
+        assert ids == expected and loss_from == start + len(p_codes)
+
+
+def test_builtin_wli_synthesis_equals_the_implementation_it_replaced(scored):
+    """The built-in model's WLI runs speak exactly what the phone-forced loop it replaced spoke (frozen in
+    tests/builtin_oracle.py): same codes, so the same audio length and the same stored runs, layer by layer."""
+    import builtin_oracle
+
+    from spade_tts.audio import load_audio
+    from spade_tts.pruning.layers import skip_layers
+
+    cfg, _ = scored
+    tts = BuiltinTTS.from_pretrained(cfg.model)
+    v, codec = tts.vocab, tts.codec
+    items = heldout_eval_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
+    prompts, targets, caps = [], [], []
+    for it in items:
+        from spade_tts.data.voices import g2p
+
+        p_codes, p_ph, t_ph = codec.encode(load_audio(it["prompt_wav"])), v.phone_ids(g2p(it["prompt_text"])), \
+            v.phone_ids(g2p(it["target_text"]))
+        prompts.append(v.prompt_ids(p_ph, t_ph, p_codes))
+        targets.append(t_ph)
+        caps.append(max(cfg.max_length_ratio * len(p_codes) / max(1, len(p_ph)) * len(t_ph), 100))
+    runs = json.loads((Path(cfg.out_dir) / "state.json").read_text())["runs"]
+    settings = builtin_oracle.GenerationSettings(max_length_ratio=cfg.max_length_ratio)
+    for skip in ([], [0], [2]):
+        with skip_layers(tts.lm, skip):
+            old = builtin_oracle.generate_codes(tts.lm, v, prompts, targets, 100, settings,
+                                                item_ids=range(len(items)), max_codes=caps)
+        stored = runs["skip:" + ",".join(map(str, skip))]["per_item"]
+        assert [len(codec.decode(c, seed=0)) / 16000 for c, _, _ in old] == [r["seconds"] for r in stored]
+        assert [cut for _, _, cut in old] == [r["truncated"] for r in stored]
 
 
 def test_wli_stability_sees_a_ranking_made_by_one_outlier_item():

@@ -355,7 +355,8 @@ def test_n_keep_from():
 
 # --- checkpoints and the CLI ----------------------------------------------------------------
 
-SIDE_FILES = {"tokenizer.json": "{\"tok\": 1}", "spade_vocab.json": "{\"v\": 2}", "codec.json": "{\"c\": 3}",
+# side files of a plain HF folder (the built-in model's own side files would make it a builtin-family checkpoint)
+SIDE_FILES = {"tokenizer.json": "{\"tok\": 1}", "vocab.json": "{\"v\": 2}", "preprocessor_config.json": "{\"c\": 3}",
               "codec.safetensors": "not really weights", "README.md": "hello"}
 
 
@@ -438,14 +439,35 @@ def test_cli_prune(source, tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("spade prune: error: ratio 1.5") and "(0, 1)" in err
 
 
+def test_prune_checkpoint_prints_the_kept_and_removed_layers_for_every_caller(source, tmp_path, capsys):
+    folder, scores, _ = source
+    said = "kept 2 of 4 layers [0, 3] by wli; removed [1, 2]"
+    prune_checkpoint(PruneConfig(model=str(folder), scores=str(scores), out=str(tmp_path / "a"), ratio=0.5))
+    assert said in capsys.readouterr().out  # `spade compress` calls the stage function, not the CLI
+    assert main(["prune", "--model", str(folder), "--scores", str(scores), "--ratio", "0.5",
+                 "-o", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.count(said) == 1
+
+
+def test_cli_prune_names_a_wrong_input_before_a_missing_one(source, tmp_path, capsys):
+    folder, scores, _ = source
+    for argv, says in ((["--scores", str(tmp_path / "missing.json")], "missing.json not found"),
+                       (["--model", str(tmp_path / "nowhere"), "--metric", "first", "--keep", "2"], "no model in"),
+                       (["--model", str(folder), "--scores", str(scores), "--keep", "2"], "no output folder")):
+        assert main(["prune", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, err
+
+
 def test_cli_prune_builtin_model_by_first_layers_loads_as_tts(tmp_path, capsys):
-    from spade_tts.reference.synth import ReferenceTTS
+    from spade_tts.families.registry import load_speech_lm
 
     out = tmp_path / "first6"
     assert main(["prune", "--metric", "first", "--ratio", "0.5", "-o", str(out)]) == 0
     assert "kept 6 of 12 layers [0, 1, 2, 3, 4, 5] by first" in capsys.readouterr().out
-    tts = ReferenceTTS.from_pretrained(out)
-    assert tts.model.config.num_hidden_layers == 6 and len(tts.model.model.layers) == 6
+    tts = load_speech_lm(out)
+    assert tts.family == "builtin"
+    assert tts.lm.config.num_hidden_layers == 6 and len(tts.lm.model.layers) == 6
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
     assert main(["prune", "--ratio", "0.5", "-o", str(tmp_path / "x")]) == 2
     assert "needs a scores file" in capsys.readouterr().err

@@ -8,10 +8,13 @@ from transformers import LlamaForCausalLM
 
 from spade_tts.audio import load_audio
 from spade_tts.data.build import read_jsonl
+from spade_tts.families.builtin import BuiltinTTS
 from spade_tts.reference.dataset import PairSampler, TokenStore
-from spade_tts.reference.synth import GenerationSettings, ReferenceTTS, generate_codes
 from spade_tts.reference.train import ReferenceTrainConfig, train_reference
 from spade_tts.reference.vocab import Vocab, frames_per_phone
+from spade_tts.synthesis import synthesize
+
+from builtin_helpers import phone_forced
 
 TINY = dict(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64, batch_size=4, warmup=2, log_every=1,
             max_prompt_seconds=30.0, max_target_seconds=30.0, loader_workers=1)
@@ -101,37 +104,41 @@ def test_best_folder_holds_the_weights_of_the_lowest_heldout_loss(trained, tiny_
 def test_synthesis_batched_equals_single_and_guards(trained, tiny_corpus):
     _, export = trained
     corpus, _, _ = tiny_corpus
-    tts = ReferenceTTS.from_pretrained(export)
+    tts = BuiltinTTS.from_pretrained(export)
     row = read_jsonl(corpus / "manifests" / "heldout.jsonl")[0]
     prompt = load_audio(corpus / row["audio"])
     # any_move_on=False: an untrained tiny model would otherwise end every phone at once (empty output).
-    greedy = GenerationSettings(temperature=0.0, max_phone_seconds=0.3, max_seconds=5.0, any_move_on=False)
+    greedy = tts.generation_defaults(temperature=0.0, max_phone_seconds=0.3, max_seconds=5.0, any_move_on=False)
     texts = ["A short test sentence.", "Another one, a little bit longer than the first."]
-    both = tts.synthesize(texts, prompt, row["text"], greedy, batch_size=2)
-    alone = tts.synthesize(texts[1:], prompt, row["text"], greedy)
+
+    def speak(texts, cfg, batch_size=1):
+        return synthesize(tts, texts, [prompt] * len(texts), [row["text"]] * len(texts), cfg, batch_size)
+
+    both = speak(texts, greedy, batch_size=2)
+    alone = synthesize(tts, texts[1:], [prompt], [row["text"]], greedy, item_ids=[1])
     np.testing.assert_array_equal(both[1].codes, alone[0].codes)
     for r in both:
         assert r.audio.dtype == np.float32 and len(r.audio) > 0 and r.codes.max() < 32
-    sampled = GenerationSettings(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.3, any_move_on=False)
-    a = tts.synthesize(texts[:1], prompt, row["text"], sampled)[0].codes
-    b = tts.synthesize(texts[:1], prompt, row["text"], sampled)[0].codes
+    sampled = tts.generation_defaults(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.3, any_move_on=False)
+    a = speak(texts[:1], sampled)[0].codes
+    b = speak(texts[:1], sampled)[0].codes
     np.testing.assert_array_equal(a, b)
     # An untrained model rarely ends phones by itself: the guard must, and says how often.
-    tight = GenerationSettings(temperature=0.0, max_phone_seconds=0.02, max_seconds=5.0, any_move_on=False)
-    r = tts.synthesize(texts[:1], prompt, row["text"], tight)[0]
+    tight = tts.generation_defaults(temperature=0.0, max_phone_seconds=0.02, max_seconds=5.0, any_move_on=False)
+    r = speak(texts[:1], tight)[0]
     assert r.guard_hits > 0 and not r.truncated
-    cut = tts.synthesize(texts[:1], prompt, row["text"], GenerationSettings(temperature=0.0, max_seconds=0.05, any_move_on=False))
+    cut = speak(texts[:1], tts.generation_defaults(temperature=0.0, max_seconds=0.05, any_move_on=False))
     assert cut[0].truncated and len(cut[0].codes) == 5
 
 
 def test_every_target_phone_is_read_in_order(trained):
     _, export = trained
-    tts = ReferenceTTS.from_pretrained(export)
+    tts = BuiltinTTS.from_pretrained(export)
     v = tts.vocab
     target = v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"])
     prompt = v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), target, [1, 2, 3])
     seen = []
-    orig = tts.model.forward
+    orig = tts.lm.forward
 
     def spy(*args, **kw):
         ids = kw["input_ids"]
@@ -139,9 +146,8 @@ def test_every_target_phone_is_read_in_order(trained):
             seen.append(int(ids[0, 0]))
         return orig(*args, **kw)
 
-    tts.model.forward = spy
-    generate_codes(tts.model, v, [prompt], [target], 100,
-                   GenerationSettings(temperature=1.0, max_phone_seconds=0.05, decoder="hf"))
+    tts.lm.forward = spy
+    phone_forced(tts, [prompt], [target], temperature=1.0, max_phone_seconds=0.05, decoder="hf")
     assert [t for t in seen if v.is_phone(t)] == target[1:]
 
 
@@ -149,67 +155,72 @@ def test_every_target_phone_is_read_in_order(trained):
 def test_static_decoder_speaks_exactly_like_hf_forward(trained, temperature):
     """The fast path (preallocated cache, trimmed head) must not change a single code, batched or not."""
     _, export = trained
-    tts = ReferenceTTS.from_pretrained(export)
+    tts = BuiltinTTS.from_pretrained(export)
     v = tts.vocab
     targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"])]
     prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), targets[0], [1, 2, 3]),
                v.prompt_ids(v.phone_ids(["pau", "iy", "pau"]), targets[1], [4, 5, 6, 7, 8, 9])]
     kw = dict(temperature=temperature, top_p=0.9, seed=5, max_phone_seconds=0.1, any_move_on=False)
-    fast = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="static", **kw))
-    ref = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="hf", **kw))
+    fast = phone_forced(tts, prompts, targets, decoder="static", **kw)
+    ref = phone_forced(tts, prompts, targets, decoder="hf", **kw)
     assert fast == ref and all(len(codes) > 0 for codes, _, _ in fast)
     # int8 weights (lossy): still reads every phone, in order, and emits only valid codes
-    int8 = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="static-int8", **kw))
+    int8 = phone_forced(tts, prompts, targets, decoder="static-int8", **kw)
     assert all(0 < len(codes) and 0 <= min(codes) and max(codes) < v.num_speech for codes, _, _ in int8)
     with pytest.raises(ValueError, match="decoder="):
-        generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(decoder="bogus"))
+        phone_forced(tts, prompts, targets, decoder="bogus")
 
 
 def test_missing_model_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        ReferenceTTS.from_pretrained(tmp_path)
+        BuiltinTTS.from_pretrained(tmp_path)
 
 
 def test_eval_items_pair_each_target_with_another_utterance_of_its_speaker(tiny_corpus):
-    from spade_tts.reference.evaluate import heldout_items
+    from spade_tts.evaluation.items import heldout_eval_items
 
     corpus, _, _ = tiny_corpus
-    items = heldout_items(corpus, per_speaker=3, max_prompt_seconds=30, seed=0)
+    items = heldout_eval_items(corpus, per_speaker=3, max_prompt_seconds=30, seed=0)
     assert len(items) == 6 and {it["speaker"] for it in items} == {"flite_slt", "flite_rms"}
+    speaker_of = {r["id"]: r["speaker"] for r in read_jsonl(corpus / "manifests" / "heldout.jsonl")}
     for it in items:
-        assert it["prompt"]["speaker"] == it["target"]["speaker"] == it["speaker"]
-        assert it["prompt"]["id"] != it["target"]["id"] and it["prompt"]["text"] != it["target"]["text"]
-    assert heldout_items(corpus, 3, 30, seed=0) == items
+        assert speaker_of[it["prompt_id"]] == speaker_of[it["id"]] == it["speaker"]
+        assert it["prompt_id"] != it["id"] and it["prompt_text"] != it["target_text"]
+        assert it["target_phones"] and it["prompt_phones"]
+    assert heldout_eval_items(corpus, 3, 30, seed=0) == items
 
 
 def test_sampled_items_do_not_depend_on_their_batch(trained):
     """Each item owns its random stream: batched (with rows leaving as they end) == one by one."""
     _, export = trained
-    tts = ReferenceTTS.from_pretrained(export)
+    tts = BuiltinTTS.from_pretrained(export)
     v = tts.vocab
     targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"]),
                v.phone_ids(["pau", "s", "iy", "pau"])]
     prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), t, list(range(1, 4 + 3 * i)))
                for i, t in enumerate(targets)]
-    settings = GenerationSettings(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.1)
-    batched = generate_codes(tts.model, v, prompts, targets, 100, settings)
-    alone = [generate_codes(tts.model, v, [p], [t], 100, settings, item_ids=[i])[0]
-             for i, (p, t) in enumerate(zip(prompts, targets))]
+    settings = dict(temperature=1.0, top_p=0.9, seed=3, max_phone_seconds=0.1)
+    batched = phone_forced(tts, prompts, targets, **settings)
+    alone = [phone_forced(tts, [p], [t], item_ids=[i], **settings)[0] for i, (p, t) in enumerate(zip(prompts, targets))]
     assert batched == alone
     assert len({len(c) for c, _, _ in batched}) > 1  # rows ended at different steps, so some left the batch
-    other_seed = generate_codes(tts.model, v, prompts, targets, 100, GenerationSettings(
-        temperature=1.0, top_p=0.9, seed=4, max_phone_seconds=0.1))
+    other_seed = phone_forced(tts, prompts, targets, temperature=1.0, top_p=0.9, seed=4, max_phone_seconds=0.1)
     assert other_seed != batched
 
 
 def test_length_ratio_cuts_a_runaway_item(trained):
     _, export = trained
-    tts = ReferenceTTS.from_pretrained(export)
+    tts = BuiltinTTS.from_pretrained(export)
     v = tts.vocab
     target = v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"])
     prompt = v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), target, [1, 2, 3])
-    settings = GenerationSettings(temperature=1.0, seed=0, max_phone_seconds=0.5, max_length_ratio=1.0)
-    (free, _, free_cut), = generate_codes(tts.model, v, [prompt], [target], 100, settings)
+    settings = dict(temperature=1.0, seed=0, max_phone_seconds=0.5)
+    (free, _, free_cut), = phone_forced(tts, [prompt], [target], **settings)
     assert len(free) >= 2 and not free_cut
-    (codes, _, cut), = generate_codes(tts.model, v, [prompt], [target], 100, settings, max_codes=[len(free) - 1])
+    (codes, _, cut), = phone_forced(tts, [prompt], [target], max_seconds=(len(free) - 1) / 100, **settings)
     assert codes == free[:-1] and cut  # the same stream, cut one code early
+    # max_length_ratio: the cap is the prompt's speech tokens per phone x the target's phones (at least 1 s)
+    request = tts.generation_request("Hello there, this is a much longer sentence than the prompt.", "Ah.",
+                                     np.arange(3))
+    sampler = tts.sampler([request], tts.generation_defaults(max_length_ratio=1.0), [0])
+    assert sampler.caps == [100] and tts.sampler([request], tts.generation_defaults(), [0]).caps == [2000]

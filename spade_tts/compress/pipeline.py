@@ -1,4 +1,4 @@
-"""`spade compress`: score -> prune -> distill -> eval -> report, as one resumable command.
+"""`spade compress`: score -> prune -> distill -> eval -> report, as one resumable command, for any family.
 
 Each stage writes its output under ``out_dir`` and is skipped when that output is already
 there, and the long stages (scoring, distillation, evaluation) resume inside themselves, so
@@ -6,13 +6,19 @@ stopping the command at any moment and running it again loses at most the item o
 flight. ``--quick`` is the laptop demo: it makes its own small corpus (a few sentences per
 offline voice) and runs every stage on it in about a quarter of an hour on 2 CPU cores; the
 numbers it prints are then a smoke test of the method, not a measurement.
+
+With ``--model CKPT --data MANIFEST`` the same five stages run on any family's checkpoint: the
+manifest's items are scored and evaluated (each target spoken in another utterance's voice), and
+the distillation data is the family's own training sequences of the manifest (``data_fraction``
+of them), made by the family's data hook. The stages only see the :class:`SpeechLM` interface.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from spade_tts.io import write_json
 
 ALIGNED_VOICES = ["flite_slt", "flite_rms", "flite_awb", "flite_kal16", "festival_slt_hts", "festival_kal",
                   "festival_ked"]
@@ -20,7 +26,10 @@ ALIGNED_VOICES = ["flite_slt", "flite_rms", "flite_awb", "flite_kal16", "festiva
 
 @dataclass
 class CompressConfig:
-    model: str = ""  # the full model's folder; empty = the built-in reference model
+    model: str = ""  # the full model's folder (any family); empty = the built-in model
+    family: str = ""  # '' = detect from the folder
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoint
+    data: str = ""  # JSONL manifest (audio, text, speaker): items to score and evaluate, and the distillation data
     out_dir: str = "runs/compress"
     corpus_dir: str = "data/corpus"  # held-out items to score and evaluate on (and, without tokens_dir, nothing else)
     tokens_dir: str = "data/reference_tokens"  # the teacher's tokenized training data, for distillation
@@ -69,15 +78,21 @@ def compress(cfg: CompressConfig) -> dict:
     from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
     from spade_tts.evaluation.report import write_report
     from spade_tts.importance.layer_importance import ScoreConfig, score_layers
+    from spade_tts.families.registry import detect_family, model_folder
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
-    from spade_tts.reference.synth import BUILTIN_MODEL
 
     out = Path(cfg.out_dir)
+    model_dir = model_folder(cfg.model or None)
+    family = cfg.family or ("generic" if cfg.family_config else detect_family(model_dir))
+    if cfg.own_corpus and family != "builtin":
+        raise ValueError("the --quick demo builds a corpus for the built-in model; for your checkpoint give "
+                         "--data MANIFEST (and drop --quick's own_corpus, or pass own_corpus=false)")
+    if family != "builtin" and not cfg.data:
+        raise ValueError(f"a {family} checkpoint needs --data MANIFEST (JSONL of audio, text, speaker): the items "
+                         "to score and evaluate, and the data to distill on")
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(cfg.model) if cfg.model else BUILTIN_MODEL
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"no model in {model_dir}: give model=FOLDER with a Hugging Face config.json")
     start = time.time()
+    fam = {"family": cfg.family, "family_config": cfg.family_config}
     corpus, tokens = Path(cfg.corpus_dir), Path(cfg.tokens_dir)
     if cfg.own_corpus:
         corpus, tokens = out / "corpus", out / "tokens"
@@ -86,26 +101,28 @@ def compress(cfg: CompressConfig) -> dict:
     print("== 1/5 score: layer importance")
     scores = out / "score" / "scores.json"
     if not _done(scores, "scores"):
-        score_layers(_stage_config(ScoreConfig, {"model": cfg.model, "corpus_dir": str(corpus),
-                                                 "out_dir": str(out / "score")}, cfg.score, "score"))
+        score_layers(_stage_config(ScoreConfig, {"model": cfg.model, "corpus_dir": str(corpus), "data": cfg.data,
+                                                 "out_dir": str(out / "score"), **fam}, cfg.score, "score"))
 
     print("== 2/5 prune")
     pruned = out / "pruned"
     if not _done(pruned / "spade_pruning.json", "pruned model"):
         prune_checkpoint(PruneConfig(model=cfg.model, scores=str(scores), out=str(pruned), ratio=cfg.ratio,
-                                     metric=cfg.metric, keep_first=cfg.keep_first, keep_last=cfg.keep_last))
+                                     metric=cfg.metric, keep_first=cfg.keep_first, keep_last=cfg.keep_last, **fam))
 
     print("== 3/5 distill")
     final = out / "distill" / "final"
     if not _done(final / "config.json", "distilled model"):
+        data = {"tokens_dir": str(tokens), "data_dir": str(out / "distill_data")}
+        if cfg.data:  # the family's own training sequences of the manifest
+            data = {"dataset": str(_family_dataset(cfg, model_dir, out / "distill_data"))}
         distill(_stage_config(DistillConfig, {"teacher": cfg.model, "student": str(pruned),
-                                              "out_dir": str(out / "distill"), "tokens_dir": str(tokens),
-                                              "data_dir": str(out / "distill_data")}, cfg.distill, "distill"))
+                                              "out_dir": str(out / "distill"), **data, **fam}, cfg.distill, "distill"))
 
     print("== 4/5 eval: full vs pruned vs distilled, same items")
     models = [f"full={model_dir}", f"pruned={pruned}", f"distilled={final}"]
     results = evaluate_models(_stage_config(EvalConfig, {"models": models, "corpus_dir": str(corpus),
-                                                         "out_dir": str(out / "eval"),
+                                                         "data": cfg.data, "out_dir": str(out / "eval"), **fam,
                                                          "json": str(out / "eval" / "eval.json")}, cfg.eval, "eval"))
 
     print("== 5/5 report")
@@ -113,9 +130,20 @@ def compress(cfg: CompressConfig) -> dict:
                          distill_log_jsonl=str(out / "distill" / "train_log.jsonl"))
     summary = {"report": str(index), "eval": str(out / "eval" / "eval.json"), "scores": str(scores),
                "pruned": str(pruned), "distilled": str(final), "seconds": round(time.time() - start, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     print(f"done in {summary['seconds'] / 60:.1f} min; open {index}")
     return summary
+
+
+def _family_dataset(cfg: CompressConfig, model_dir: Path, out: Path) -> Path:
+    """The manifest as the family's training sequences (``spade data family``), made once."""
+    from spade_tts.families.data import FamilyDataConfig, build_family_dataset
+    from spade_tts.families.registry import load_speech_lm
+
+    if not _done(out / "spade_data.json", "distillation dataset"):
+        speech = load_speech_lm(model_dir, cfg.family or None, family_config=cfg.family_config or None)
+        build_family_dataset(speech, FamilyDataConfig(manifest=cfg.data, out=str(out)))
+    return out
 
 
 def _own_corpus(cfg: CompressConfig, corpus: Path, tokens: Path, model_dir: Path) -> None:

@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spade_tts.distill.data import TokenDataset, build_reference_dataset, check_fraction, describe
+from spade_tts.distill.data import TokenDataset, check_fraction, describe
 from spade_tts.distill.losses import KD_TYPES, TERMS, DistillLoss, LossWeights
 from spade_tts.distill.matching import MODES, PRUNING_FILE, layer_matching, read_pruning_record
+from spade_tts.families.registry import model_folder
 from spade_tts.schedule import warmup_cosine
 
-BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
 PRECISIONS = ("no", "bf16", "fp16")
 STATE_FILE = "trainer_state.json"
 
@@ -113,7 +113,7 @@ def check_config(cfg: DistillConfig) -> tuple[Path, Path, dict]:
     if not student.is_dir() or not ((student / "config.json").is_file() or (student / PRUNING_FILE).is_file()):
         raise FileNotFoundError(f"student folder {student} not found or has no config.json: make it with "
                                 "`spade prune -o FOLDER`")
-    teacher = Path(cfg.teacher) if cfg.teacher else BUILTIN_MODEL
+    teacher = model_folder(cfg.teacher or None)
     if not teacher.is_dir() or not ((teacher / "config.json").is_file() or cfg.family or family_of(cfg, teacher)):
         raise FileNotFoundError(f"teacher folder {teacher} not found or has no config.json")
     record = read_pruning_record(student)
@@ -148,10 +148,11 @@ def lr_factor(step: int, cfg: DistillConfig, time_progress: float = 0.0) -> floa
 
 
 def family_of(cfg: DistillConfig, teacher_dir: Path) -> str | None:
-    """The LLM-TTS family the models are loaded through, or None (plain HF folders, the built-in model)."""
+    """The LLM-TTS family the models are loaded through (the built-in model is one), or None for a plain HF
+    causal LM distilled on a prebuilt dataset."""
     if cfg.family or cfg.family_config:
         return cfg.family or "generic"
-    if not cfg.teacher or not Path(teacher_dir).is_dir():
+    if not Path(teacher_dir).is_dir():
         return None
     from spade_tts.families.registry import find_family
 
@@ -159,11 +160,12 @@ def family_of(cfg: DistillConfig, teacher_dir: Path) -> str | None:
 
 
 def load_models(teacher_dir: Path, student_dir: Path, record: dict, cfg: DistillConfig, device):
-    """(teacher, student): the teacher frozen and in eval mode on ``device``, the student in fp32 for training.
+    """(teacher, student, student's SpeechLM or None): the teacher frozen and in eval mode on ``device``, the
+    student in fp32 for training.
 
-    A family checkpoint (LLaSA, Orpheus, CosyVoice 2, ...) is loaded by its adapter; the models
-    returned are the adapters' ``.lm`` and the student's adapter is kept in ``cfg._student_speech``
-    so that :func:`export_final` writes the family's own format.
+    A family checkpoint (the built-in model, LLaSA, Orpheus, CosyVoice 2, ...) is loaded by its adapter;
+    the models returned are the adapters' ``.lm``, and the student's adapter goes to :func:`export_final`,
+    which writes the family's own format with it.
     """
     from transformers import AutoModelForCausalLM
 
@@ -177,8 +179,8 @@ def load_models(teacher_dir: Path, student_dir: Path, record: dict, cfg: Distill
         fam_cfg = cfg.family_config or None
         teacher = load_speech_lm(teacher_dir, family, dtype=teacher_dtype, family_config=fam_cfg).lm
         student_speech = load_speech_lm(student_dir, family, dtype=torch.float32, family_config=fam_cfg)
-        cfg._student_speech = student_speech
     else:
+        student_speech = None
         teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=teacher_dtype)
     depth = len(decoder_layers(teacher))
     if depth != int(record["teacher_layers"]):
@@ -203,7 +205,7 @@ def load_models(teacher_dir: Path, student_dir: Path, record: dict, cfg: Distill
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
-    return teacher, student
+    return teacher, student, student_speech
 
 
 def vocab_size(model) -> int:
@@ -214,26 +216,29 @@ def vocab_size(model) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def open_dataset(cfg: DistillConfig, teacher_dir: Path, vocab_size: int) -> TokenDataset:
-    """The prebuilt ``dataset``, or the built-in model's subset built (once) from ``tokens_dir``."""
+def _family_data(speech, cfg: DistillConfig, split: str) -> Path:
+    """The dataset a family makes of its own training data (the built-in model's tokenized corpus)."""
+    if speech is None:
+        raise ValueError("this teacher is a plain causal LM, not an LLM-TTS family checkpoint, so no dataset can be "
+                         "made for it; give dataset=FOLDER (`spade data family`, docs/distillation.md)")
+    return speech.distill_data(cfg, split)
+
+
+def open_dataset(cfg: DistillConfig, speech, vocab_size: int) -> TokenDataset:
+    """The prebuilt ``dataset``, or the one the student's family makes of its own data (built once)."""
     if cfg.dataset:
         data = TokenDataset(cfg.dataset, seed=cfg.seed, fraction=cfg.data_fraction)
     else:
-        if not (teacher_dir / "spade_vocab.json").is_file():
-            raise ValueError(f"the teacher {teacher_dir} is not a built-in-layout model (no spade_vocab.json), so no "
-                             "dataset can be built from tokens_dir; give dataset=FOLDER (docs/distillation.md)")
-        path = build_reference_dataset(cfg.tokens_dir, cfg.data_dir, cfg.data_fraction, cfg.data_seed,
-                                       cfg.pairs_per_target, cfg.max_prompt_seconds, cfg.max_target_seconds)
-        data = TokenDataset(path, seed=cfg.seed)
+        data = TokenDataset(_family_data(speech, cfg, "train"), seed=cfg.seed)
     if int(data.meta.get("vocab_size", 0)) > vocab_size:
         raise ValueError(f"dataset {data.path} uses {data.meta['vocab_size']} token ids but the model has "
                          f"{vocab_size}")
     return data
 
 
-def open_heldout(cfg: DistillConfig, teacher_dir: Path) -> TokenDataset:
-    """Sequences for the held-out loss: ``heldout_dataset``, else the teacher's held-out split (built-in
-    layout), else the rows of ``dataset`` outside the ``data_fraction`` subset."""
+def open_heldout(cfg: DistillConfig, speech) -> TokenDataset:
+    """Sequences for the held-out loss: ``heldout_dataset``, else the rows of ``dataset`` outside the
+    ``data_fraction`` subset, else the family's own held-out split (the built-in model's)."""
     if cfg.heldout_dataset:
         return TokenDataset(cfg.heldout_dataset)
     if cfg.dataset:
@@ -241,9 +246,7 @@ def open_heldout(cfg: DistillConfig, teacher_dir: Path) -> TokenDataset:
             raise ValueError("eval_every needs held-out sequences: give heldout_dataset=FOLDER, or data_fraction < 1 "
                              "so that the rest of dataset=... is held out")
         return TokenDataset(cfg.dataset, seed=cfg.seed, fraction=cfg.data_fraction, complement=True)
-    path = build_reference_dataset(cfg.tokens_dir, cfg.data_dir, 1.0, cfg.data_seed, 1, cfg.max_prompt_seconds,
-                                   cfg.max_target_seconds, split="heldout")
-    return TokenDataset(path)
+    return TokenDataset(_family_data(speech, cfg, "heldout"))
 
 
 def heldout_ce(model, data: TokenDataset, cfg: DistillConfig, accelerator) -> float:
@@ -326,13 +329,12 @@ def _cast_state(state: dict, dtype: torch.dtype) -> dict:
 
 
 def export_final(accelerator, model, student_dir: Path, out: Path, cfg: DistillConfig, summary: dict,
-                 name: str = "final") -> Path:
+                 name: str = "final", speech=None) -> Path:
     """``out/<name>``: save_pretrained (safetensors) + the student's side files + spade_distill.json, atomically."""
     from spade_tts.pruning.prune import side_files
 
     state = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers the full weights)
     final = out / name
-    speech = getattr(cfg, "_student_speech", None)  # a family checkpoint: written by its adapter
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         stored = json.loads((student_dir / "config.json").read_text()) if (student_dir / "config.json").is_file() else {}
@@ -407,10 +409,10 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    teacher, student = load_models(teacher_dir, student_dir, record, cfg, accelerator.device)
+    teacher, student, student_speech = load_models(teacher_dir, student_dir, record, cfg, accelerator.device)
     with accelerator.main_process_first():  # the main process builds the dataset; the others then reuse it
-        data = open_dataset(cfg, teacher_dir, vocab_size(student))
-        heldout = open_heldout(cfg, teacher_dir) if cfg.eval_every > 0 else None
+        data = open_dataset(cfg, student_speech, vocab_size(student))
+        heldout = open_heldout(cfg, student_speech) if cfg.eval_every > 0 else None
     match = layer_matching(record["kept"], int(record["teacher_layers"]), cfg.matching)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
@@ -525,7 +527,8 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                 rec["heldout_ce"] = round(heldout_ce(model, heldout, cfg, accelerator), 6)
                 if best["heldout_ce"] is None or rec["heldout_ce"] < best["heldout_ce"]:
                     best = {"step": step, "heldout_ce": rec["heldout_ce"]}
-                    export_final(accelerator, model, student_dir, out, cfg, {**summary_of(step), "best": best}, "best")
+                    export_final(accelerator, model, student_dir, out, cfg, {**summary_of(step), "best": best}, "best",
+                                 student_speech)
             if main and (step % cfg.log_every == 0 or step == cfg.steps or step == 1 or evaluate):
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -549,7 +552,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
         loss_fn.close()
 
     summary = {**summary_of(step), "best": best}
-    final = export_final(accelerator, model, student_dir, out, cfg, summary)
+    final = export_final(accelerator, model, student_dir, out, cfg, summary, speech=student_speech)
     if main:
         print(f"distilled {step} steps in {summary['wall_seconds']:.0f} s; wrote {final}")
     accelerator.end_training()

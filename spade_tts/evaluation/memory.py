@@ -74,6 +74,13 @@ class PeakMemory:
         except OSError:
             self.kind = "cpu_peak_rss_process_lifetime"
 
+    def sync(self) -> None:
+        """Wait for queued GPU work, so that a clock read after it counts that work (no-op on a CPU)."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
     def read(self) -> int:
         if self.cuda:
             import torch

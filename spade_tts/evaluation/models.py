@@ -1,24 +1,17 @@
-"""The models `spade eval` compares: loading, naming, sizes, and the LM timer.
+"""The models `spade eval` compares: naming, loading (any family), sizes, synthesis with its LM time.
 
-Today every model is a folder that ``ReferenceTTS.from_pretrained`` loads (the built-in
-reference LM, its pruned and distilled students). Another LLM-TTS family plugs in by giving
-:func:`load_model` a branch that returns an object with the same few members as
-:class:`ReferenceAdapter`.
+A model is a checkpoint folder of any family (``spade_tts.families``: the built-in model, LLaSA,
+Orpheus, CosyVoice 2, ...) or a pruned or distilled student of one, which loads the same way.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-BUILTIN_NAMES = ("", "built-in", "builtin", "default")
-# = spade_tts.reference.synth.BUILTIN_MODEL, without importing torch just to check a cache key
-BUILTIN_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "reference"
+from spade_tts.families import BUILTIN_MODEL, BUILTIN_NAMES
 
 
 @dataclass
@@ -48,8 +41,8 @@ def parse_model_specs(specs: list[str]) -> list[ModelSpec]:
         if path.lower() in BUILTIN_NAMES:
             path = ""
         elif not Path(path).is_dir():
-            raise ValueError(f"model {path!r} is not a folder: pass 'built-in' or a model folder "
-                             "(e.g. one written by `spade train-reference` or `spade prune`)")
+            raise ValueError(f"model {path!r} is not a folder: pass 'built-in' or a checkpoint folder of any family "
+                             "(e.g. one written by `spade prune` or `spade distill`)")
         base = safe_name(label or (Path(path).resolve().name if path else "built-in"))
         name, k = base, 2
         while name in used:
@@ -65,7 +58,7 @@ def model_signature(spec: ModelSpec) -> str:
     Rewriting, retraining or re-pruning a folder changes it, so cached results are not reused
     for a different model; copying a folder elsewhere also changes it (safe: it is recomputed).
     """
-    folder = Path(spec.path) if spec.path else BUILTIN_FOLDER
+    folder = Path(spec.path) if spec.path else BUILTIN_MODEL
     h = hashlib.sha256(str(folder.resolve()).encode())
     for f in sorted(folder.iterdir()) if folder.is_dir() else []:
         if f.is_file():
@@ -74,102 +67,47 @@ def model_signature(spec: ModelSpec) -> str:
     return h.hexdigest()[:16]
 
 
-class LMTimer:
-    """Time spent in the LM's decode loop and the speech tokens it produced.
-
-    Wraps ``spade_tts.reference.synth.generate_codes`` (prefill + token-by-token decoding with
-    the KV cache) while active; everything else in a synthesis call (text to phones, prompt
-    encoding, codec decoding to audio) is outside it. On CUDA the clock is read after a
-    synchronize so that queued kernels are counted.
-    """
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.seconds = 0.0
-        self.tokens = 0
-        self.calls = 0
-
-    def reset(self) -> None:
-        self.seconds, self.tokens, self.calls = 0.0, 0, 0
-
-    def sync(self) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-
-    @contextlib.contextmanager
-    def active(self):
-        from spade_tts.reference import synth
-
-        if not hasattr(synth, "generate_codes"):
-            raise RuntimeError("spade_tts.reference.synth.generate_codes is gone: the LM timer of `spade eval` "
-                               "must be pointed at the new decode loop")
-        original = synth.generate_codes
-
-        def timed(*args, **kwargs):
-            self.sync()
-            t = time.perf_counter()
-            out = original(*args, **kwargs)
-            self.sync()
-            self.seconds += time.perf_counter() - t
-            self.tokens += sum(len(codes) for codes, _, _ in out)
-            self.calls += 1
-            return out
-
-        synth.generate_codes = timed
-        try:
-            yield self
-        finally:
-            synth.generate_codes = original
-
-
 @dataclass
 class SynthOutput:
     audio: np.ndarray
     tokens: int
     guard_hits: int
     truncated: bool
+    lm_seconds: float  # decode loop only (prefill + token steps), measured by the shared loop
 
 
-class ReferenceAdapter:
-    """A spade reference-family model (built-in LM + k-means codec + Griffin-Lim)."""
+class EvalModel:
+    """A model under evaluation: any family's checkpoint behind :class:`SpeechLM`, spoken through
+    :func:`spade_tts.synthesis.synthesize` (the same path `spade score` and `spade synth` use)."""
 
-    family = "spade-reference"
+    def __init__(self, spec: ModelSpec, device: str, family: str = "", family_config: str = ""):
+        from spade_tts.families.registry import load_speech_lm
 
-    def __init__(self, spec: ModelSpec, device: str):
-        from spade_tts.reference.synth import BUILTIN_MODEL, ReferenceTTS
-
-        folder = Path(spec.path) if spec.path else BUILTIN_MODEL
-        if (folder / "config.json").is_file() and not (folder / "spade_vocab.json").is_file():
-            model_type = json.loads((folder / "config.json").read_text()).get("model_type", "?")
-            raise ValueError(f"{folder} is a Hugging Face {model_type!r} model but not a spade reference-family TTS "
-                             "(no spade_vocab.json): `spade eval` can load the built-in model and its pruned or "
-                             "distilled students for now")
         self.spec = spec
-        self.tts = ReferenceTTS.from_pretrained(spec.path or None, device=device)
-        self.lm = self.tts.model
-        self.sample_rate = 16000
+        self.speech = load_speech_lm(spec.path or None, family or None, device=device,
+                                     family_config=family_config or None)
+        self.family = self.speech.family
+        self.lm = self.speech.lm
+        self.sample_rate = 0  # the codec's rate, known after the first synthesis
 
     def params(self) -> dict:
-        """Parameters of the LM (tied weights once) and of the whole system (LM + codec codebook)."""
+        """Parameters of the LM (tied weights once) and of the whole system (LM + codec where it is loaded)."""
         lm = sum(p.numel() for p in self.lm.parameters())
-        codec = int(self.tts.codec.codebook.numel())
-        return {"lm": int(lm), "system": int(lm + codec), "codec": codec}
+        codec = self.speech.codec_params()
+        return {"lm": int(lm), "system": int(lm + codec), "codec": int(codec)}
 
     def layers(self) -> int:
-        try:
-            from spade_tts.pruning.layers import decoder_layers
+        from spade_tts.pruning.layers import decoder_layers
 
-            return len(decoder_layers(self.lm))
-        except (ImportError, ValueError):
-            return int(self.lm.config.num_hidden_layers)
+        return len(decoder_layers(self.lm))
 
-    def synthesize(self, text: str, prompt_audio: np.ndarray, prompt_text: str, settings) -> SynthOutput:
-        res = self.tts.synthesize_pairs([text], [prompt_audio], [prompt_text], settings, batch_size=1)[0]
-        return SynthOutput(np.asarray(res.audio, dtype=np.float32), int(len(res.codes)), int(res.guard_hits),
-                           bool(res.truncated))
+    def synthesize(self, text: str, prompt_audio: np.ndarray, prompt_text: str, cfg) -> SynthOutput:
+        from spade_tts.synthesis import synthesize
+
+        res = synthesize(self.speech, [text], [prompt_audio], [prompt_text], cfg, batch_size=1)[0]
+        self.sample_rate = res.sample_rate
+        return SynthOutput(res.audio, res.tokens, res.guard_hits, res.truncated, res.lm_seconds)
 
 
-def load_model(spec: ModelSpec, device: str):
-    return ReferenceAdapter(spec, device)
+def load_model(spec: ModelSpec, device: str, family: str = "", family_config: str = "") -> EvalModel:
+    return EvalModel(spec, device, family, family_config)

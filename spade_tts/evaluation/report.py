@@ -5,10 +5,12 @@ files and every wav copied under ``audio/``, all linked relatively, so the folde
 zipped, mailed or served as is. Sections:
 
 * the comparison table of `spade eval` (with the 95 % intervals of the deltas);
-* the layer-importance chart and table of `spade score` (when a scores JSON is given);
+* the layer-importance chart and table of `spade score` (when a scores JSON is given), with
+  the layers a pruned model among the evaluated ones removed marked in both;
 * the distillation loss curves (when a JSONL training log is given);
-* for N sentences, one row: the text, the prompt audio, and every model's output side by
-  side, each with its Whisper transcript, WER and speaker cosine.
+* for N sentences (every voice and every distinct sentence before any repeat), one row: the
+  text, the prompt audio, and every model's output side by side, each with its Whisper
+  transcript, WER and speaker cosine.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import html
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,6 +39,7 @@ table.audio td, table.audio th { text-align: left; min-width: 220px; } table.aud
 audio { width: 220px; height: 32px; display: block; }
 .hyp { color: #444; font-size: 12px; margin-top: 2px; } .score { color: #666; font-size: 11px; }
 img.chart { max-width: 100%; border: 1px solid #eee; }
+tr.removed-layer td { color: #8a8a8a; background: #f3f3f3; }
 """
 
 
@@ -172,22 +176,93 @@ device {_e(mach.get('device'))}, torch {_e(mach.get('torch'))}, {_e(mach.get('dt
 <ul class="note">{models}</ul>"""
 
 
-def _scores_section(scores: dict, png_rel: str | None) -> str:
+def pruning_record(data: dict, scores: dict) -> tuple[list[str], dict] | None:
+    """The evaluated models pruned from the scored one: their labels and ``spade_pruning.json``.
+
+    The report marks the layers a pruned model lost, so the ranking can be read next to the
+    cut it led to. A record is used only when it was cut from the scored model (same depth,
+    and the same fingerprint where both are known), so another model's layers are never
+    marked; models with the same removed set (pruned, then distilled) share one record.
+    """
+    from spade_tts.pruning.prune import PRUNING_FILE
+
+    found, labels = None, []
+    for m in data.get("models") or []:
+        path = Path(str(m.get("model") or "")) / PRUNING_FILE
+        try:
+            rec = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            rec = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("removed"), list) \
+                or rec.get("teacher_layers") != scores.get("num_layers"):
+            continue
+        ours, theirs = scores.get("model_fingerprint"), rec.get("source_fingerprint")
+        if ours and theirs and ours != theirs:
+            continue
+        found = found or rec
+        if sorted(rec["removed"]) == sorted(found["removed"]):
+            labels.append(str(m["label"]))
+    return (labels, found) if found else None
+
+
+def plottable_metrics(scores: dict) -> list[str]:
+    """The metrics of a scores file with a number for every layer (what the chart can draw)."""
+    layers = scores.get("layers") or []
+    return [m for m in scores.get("metrics") or []
+            if layers and all(isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool) for r in layers)]
+
+
+def _wer_note(scores: dict, data: dict) -> str:
+    """Why the full model's WER here differs from the metrics table: other items, other averaging."""
+    full = scores.get("full_wer")
+    if full is None:
+        return ""
+    cap, plain = scores.get("item_wer_cap"), scores.get("full_wer_uncapped")
+    note = f"Full-model WER here: {100 * full:.1f} % over {scores.get('items', '?')} scoring items"
+    if cap:
+        note += f", each item's WER capped at {100 * cap:.0f} % before averaging"
+        if plain is not None:
+            note += f" (plain mean {100 * plain:.1f} %)"
+    else:
+        note += " (plain mean, no cap)"
+    note += "."
+    first = (data.get("models") or [None])[0]
+    if first and first.get("wer") is not None:
+        capped = first.get("wer_capped")
+        note += (f" The metrics table above gives {first['label']} {100 * first['wer']:.1f} % (WER %), the plain "
+                 f"mean over its {first.get('items', '?')} evaluation items"
+                 + (f"; capped at 100 % it is {100 * capped:.1f} % (WER<=100 %)" if capped is not None else "")
+                 + ". spade score speaks its own items in batches, spade eval its own items one at a time, "
+                   "so the two figures need not agree.")
+    return note
+
+
+def _scores_section(scores: dict, png_rel: str | None, data: dict | None = None,
+                    pruning: tuple[list[str], dict] | None = None) -> str:
     metrics = list(scores.get("metrics") or [])
     layers = scores.get("layers") or []
     metrics = [m for m in metrics if any(m in row for row in layers)] or \
         [k for k in ("wli", "block_influence", "angular", "tf_loss_rise") if any(k in row for row in layers)]
+    removed = set(pruning[1]["removed"]) if pruning else set()
     rows = [[_e(row.get("layer"))] + [_e("-" if row.get(m) is None else f"{row[m]:.4f}") for m in metrics]
+            + (["removed" if row.get("layer") in removed else "kept"] if pruning else [])
             for row in layers]
     parts = ["<h2>Layer importance</h2>"]
     if png_rel:
         parts.append(f'<img class="chart" src="{_e(quote(png_rel))}" alt="layer importance chart">')
-    full = scores.get("full_wer")
-    parts.append(f'<p class="note">{_e(scores.get("num_layers", len(layers)))} decoder layers; '
-                 f'full-model WER {_e("-" if full is None else f"{100 * full:.1f} %")}. WLI = WER of the model with '
-                 "that layer skipped (higher = more important).</p>")
+    parts.append(f'<p class="note">{_e(scores.get("num_layers", len(layers)))} decoder layers. WLI = WER of the '
+                 "model with that layer skipped (higher = more important). "
+                 f"{_e(_wer_note(scores, data or {}))}</p>")
+    if pruning:
+        labels, rec = pruning
+        shown = "grey rows and grey hatched bars" if png_rel else "grey rows"
+        parts.append(f'<p class="note">{_e(shown.capitalize())}: the {len(rec["removed"])} layers '
+                     f'{_e(sorted(rec["removed"]))} removed in {_e(", ".join(labels))} (ranked by '
+                     f'{_e(rec.get("metric", "?"))}, from spade_pruning.json); kept {_e(rec.get("kept"))}.</p>')
     if rows:
-        parts.append(_table(["layer"] + metrics, rows, "scores"))
+        head = ["layer"] + metrics + ([f"in {', '.join(pruning[0])}"] if pruning else [])
+        classes = ["removed-layer" if row.get("layer") in removed else "" for row in layers]
+        parts.append(_table(head, rows, "scores", classes))
     cut = scores.get("cut_to_keep") or {}
     if cut:
         crow = [[_e(m), _e(", ".join(str(x) for x in sel.get("keep", []))),
@@ -212,6 +287,33 @@ def _audio_cell(rel: str | None, caption: str = "") -> str:
     return f'<audio controls preload="metadata" src="{_e(quote(rel))}"></audio>{caption}'
 
 
+def listen_rows(items: list[dict], sentences: int) -> list[dict]:
+    """The items to play: every voice and every distinct sentence before any repeat.
+
+    Eval items often share sentences across voices (the quick demo: 7 voices reading 2
+    sentences), so the first N in order would repeat sentences and leave voices unheard.
+    Items are taken in order in passes: new voice and new sentence, then new voice, then new
+    sentence, then the rest. At least one row per voice is shown, even when ``sentences`` is
+    smaller, so that no voice is left out.
+    """
+    def text(it: dict) -> str:
+        return " ".join(str(it.get("text") or "").lower().split())
+
+    n = max(sentences, len({it.get("speaker") for it in items if it.get("speaker")}))
+    chosen: list[int] = []
+    voices, texts = set(), set()
+    for wanted in (lambda it: it.get("speaker") not in voices and text(it) not in texts,
+                   lambda it: it.get("speaker") not in voices,
+                   lambda it: text(it) not in texts,
+                   lambda it: True):
+        for i, it in enumerate(items):
+            if len(chosen) < n and i not in chosen and wanted(it):
+                chosen.append(i)
+                voices.add(it.get("speaker"))
+                texts.add(text(it))
+    return [items[i] for i in chosen]
+
+
 def _audio_section(data: dict, out: Path, sentences: int) -> str:
     from spade_tts.evaluation.items import safe_name
 
@@ -219,7 +321,8 @@ def _audio_section(data: dict, out: Path, sentences: int) -> str:
     if not models or sentences <= 0:
         return ""
     by_model = [{r["id"]: r for r in m["per_item"]} for m in models]
-    ids = [r["id"] for r in models[0]["per_item"] if all(r["id"] in b for b in by_model)][:sentences]
+    common = [r for r in models[0]["per_item"] if all(r["id"] in b for b in by_model)]
+    ids = [r["id"] for r in listen_rows(common, sentences)]
     head = ["text", "prompt"] + [m["label"] for m in models]
     rows = []
     for uid in ids:
@@ -252,8 +355,11 @@ def write_report(out_dir: str | Path, eval_json, scores_json=None, distill_log_j
 
     ``eval_json``: a ``spade-eval/1`` dict or file from `spade eval`. ``scores_json``: a
     ``spade-scores/1`` dict or file from `spade score`; its chart is ``importance_png`` or, by
-    default, the ``importance.png`` next to the scores file. ``distill_log_jsonl``: a training
-    log, one JSON dict per line with ``step`` and loss terms (``loss``, ``ce``, ``kd``, ...).
+    default, the ``importance.png`` next to the scores file, which is redrawn with the removed layers
+    marked when an evaluated model's folder holds a ``spade_pruning.json`` cut from the scored model
+    (a chart given as ``importance_png`` is shown as it is). ``sentences``: rows to listen to, at
+    least one per voice. ``distill_log_jsonl``: a training log, one JSON dict per line with
+    ``step`` and loss terms (``loss``, ``ce``, ``kd``, ...).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,16 +372,26 @@ def write_report(out_dir: str | Path, eval_json, scores_json=None, distill_log_j
             _metrics_section(data)]
     if scores_json is not None:
         scores = _load_json(scores_json, "layer scores")
+        chart_given = importance_png is not None  # the user's own chart is shown as it is
         if importance_png is None and not isinstance(scores_json, dict):
             guess = Path(scores_json).with_name("importance.png")
             importance_png = guess if guess.is_file() else None
         png_rel = None
-        if importance_png is not None:
+        pruning = pruning_record(data, scores)
+        metrics = plottable_metrics(scores)
+        if pruning and metrics and not chart_given:  # redraw `spade score`'s chart with the removed layers marked
+            from spade_tts.importance.plots import plot_importance
+
+            png_rel = "assets/importance.png"
+            (out / "assets").mkdir(parents=True, exist_ok=True)
+            plot_importance(out / png_rel, scores["layers"], metrics, scores.get("full_wer"),
+                            removed=pruning[1]["removed"], removed_label=f"removed in {', '.join(pruning[0])}")
+        elif importance_png is not None:
             if not Path(importance_png).is_file():
                 raise FileNotFoundError(f"importance chart {importance_png} not found")
             png_rel = "assets/importance.png"
             _copy(importance_png, out / png_rel)
-        body.append(_scores_section(scores, png_rel))
+        body.append(_scores_section(scores, png_rel, data, pruning))
     if distill_log_jsonl is not None:
         rows = read_loss_log(distill_log_jsonl)
         terms = plot_losses(rows, out / "assets" / "distill_loss.png") if rows else []
@@ -297,4 +413,29 @@ def write_report(out_dir: str | Path, eval_json, scores_json=None, distill_log_j
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)
     (out / "eval.json").write_text(json.dumps(data, indent=2))  # the numbers travel with the page
+    return index
+
+
+@dataclass
+class ReportConfig:
+    """`spade report`: the inputs of :func:`write_report`, as a stage config."""
+
+    eval: str = ""  # spade-eval/1 results from `spade eval --json`
+    scores: str = ""  # spade-scores/1 layer scores from `spade score` (its importance.png is picked up next to it)
+    importance_png: str = ""  # the layer-importance chart, if not next to the scores file
+    distill_log: str = ""  # distillation training log (JSONL, e.g. runs/distill/train_log.jsonl)
+    out: str = ""  # report folder (index.html is written there)
+    sentences: int = 6  # sentences to play side by side
+    title: str = "spade-tts compression report"  # the page's heading
+
+
+def report(cfg: ReportConfig) -> Path:
+    """`spade report`: write the report; the results come first among the inputs a user can get wrong."""
+    if not cfg.eval:
+        raise ValueError("no eval results: give --eval FILE.json (written by `spade eval --json`)")
+    if not cfg.out:
+        raise ValueError("no report folder: give -o DIR")
+    index = write_report(cfg.out, cfg.eval, cfg.scores or None, cfg.distill_log or None, cfg.importance_png or None,
+                         sentences=cfg.sentences, title=cfg.title)
+    print(f"wrote {index} (open it in a browser; the folder is self-contained)")
     return index

@@ -2,9 +2,16 @@
 
 ``FAMILY_MODULES`` maps a family name (what ``--family`` takes) to the module that holds its
 adapter; ``spade_tts.families.registry`` (detection, loading by name) imports them lazily so
-that importing the package never imports a family's optional codec package.
+that importing the package never imports a family's optional codec package (nor torch).
+The built-in model is the ``builtin`` family; its folder ships inside the package.
 """
+from pathlib import Path
+
+BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
+BUILTIN_NAMES = ("", "built-in", "builtin", "default")  # what --model/--models take for the built-in model
+
 FAMILY_MODULES = {
+    "builtin": "spade_tts.families.builtin",
     "llasa": "spade_tts.families.llasa",
     "orpheus": "spade_tts.families.orpheus",
     "outetts": "spade_tts.families.oute",

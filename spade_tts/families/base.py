@@ -54,8 +54,9 @@ class Word:
 class Utterance:
     """One (text, speech) example in a family's own terms: ``codes`` as its codec gives them.
 
-    ``words`` (per-word timings) and ``features`` (utterance-level acoustic features) are optional;
-    families whose sequences interleave words and speech (OuteTTS 1.0) need the timings.
+    ``words`` (per-word timings), ``phones`` (per-phone end times) and ``features`` (utterance-level
+    acoustic features) are optional; families whose sequences interleave words and speech (OuteTTS
+    1.0) need the word timings, the built-in model's training layout the phone timings.
     """
 
     text: str
@@ -63,10 +64,22 @@ class Utterance:
     speaker: str = ""
     words: list[Word] | None = None
     features: dict | None = None
+    phones: list[tuple[str, float]] | None = None  # (phone, end time in s): phone-forced families (builtin)
+
+
+DECODERS = ("static", "static-int8", "hf")
 
 
 @dataclass
 class GenerationConfig:
+    """How every family generates: sampling, length guards and the decode engine, in one place.
+
+    Families differ only in the defaults (``SpeechLM.generation_defaults``: what their upstream
+    recommends) and in their generation rule (``SpeechLM.sampler``); the fields below mean the same
+    for all of them. Fields a rule does not use are ignored by it (the built-in model's phone
+    forcing has no top-k; the token rule has no phone guard).
+    """
+
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 1500
@@ -85,9 +98,34 @@ class GenerationConfig:
     # distribution, which breaks the loops a narrow nucleus falls into (0 = off)
     ras_window: int = 0
     ras_tau: float = 0.1
-    # CPU only, static engine: int8 copies of the weights in the decode step (faster at small batches,
-    # slightly lossy; spade_tts/decoding/int8_weights.py)
-    int8_weights: bool = False
+    # the decode engine: "static" = spade_tts.decoding.StaticDecoder (preallocated KV cache, head trimmed to the
+    # rows speech may use) where the LM is a plain HF Llama/Qwen2/Qwen3/Mistral, the LM's own forward otherwise;
+    # "static-int8": the same with int8 weight copies in the decode step (CPU only, slightly lossy, faster at
+    # small batches; spade_tts/decoding/int8_weights.py); "hf": always the LM's own forward
+    decoder: str = "static"
+    drop_finished: bool = True  # rows whose item ended leave the batch, where the rule's rows are independent
+    # phone-forced generation (the builtin family): a phone lasting longer than this is ended by force; an
+    # item is cut at max_seconds, and (> 0) at max_length_ratio x the length its prompt's speaking rate predicts
+    max_phone_seconds: float = 0.6
+    max_seconds: float = 20.0
+    max_length_ratio: float = 0.0
+    any_move_on: bool = True  # time phones by the probability of any phone/end token (families/builtin.py)
+
+
+def check_decoder(name: str, device) -> None:
+    """One-line errors for a decoder name that does not exist or cannot run on ``device``."""
+    if name not in DECODERS:
+        raise ValueError(f"decoder={name!r}: use static (default), static-int8 (CPU only) or hf")
+    if name == "static-int8" and torch.device(device).type != "cpu":
+        raise ValueError(f"decoder=static-int8 is a CPU path and the model is on {device}; use decoder=static there")
+
+
+@dataclass
+class GenerationRequest:
+    """One item to generate: the ids generation starts from, plus whatever the family's rule needs
+    (the built-in model's target phones, for instance, live in a subclass)."""
+
+    prompt: list[int]
 
 
 class SpeechLM:
@@ -182,6 +220,36 @@ class SpeechLM:
     def generation_defaults(self, **overrides) -> GenerationConfig:
         """The sampling the family's upstream recommends (used when ``generate_ids`` gets no config)."""
         return GenerationConfig(**overrides)
+
+    def generation_config(self, **settings) -> GenerationConfig:
+        """The family's defaults with the stage's settings; a setting given as None keeps the family's default
+        (so `spade eval temperature=...` overrides, and leaving it out samples as the family's upstream does)."""
+        return self.generation_defaults(**{k: v for k, v in settings.items() if v is not None})
+
+    def generation_request(self, text: str, prompt_text: str = "",
+                           prompt_codes: np.ndarray | None = None) -> GenerationRequest:
+        """What generating ``text`` in the prompt's voice starts from (the default: just :meth:`prompt_ids`)."""
+        return GenerationRequest(self.prompt_ids(text, prompt_text, prompt_codes))
+
+    def sampler(self, requests: list[GenerationRequest], cfg: GenerationConfig, item_ids: list[int]):
+        """The family's generation rule for one batch (``spade_tts.families.generate.Sampler``).
+
+        The default samples the next token among ``layout.head_rows()`` under :meth:`token_mask`,
+        until a stop id. ``item_ids`` number the items (rules with a random stream per item use them).
+        """
+        from spade_tts.families.generate import TokenSampler
+
+        return TokenSampler(self, [r.prompt for r in requests], cfg)
+
+    def distill_data(self, cfg, split: str = "train") -> Path:
+        """A distillation dataset folder made of the family's own training data (``split``: train or heldout),
+        for families that ship theirs (the built-in model); the others distill on a manifest's sequences."""
+        raise ValueError(f"the {self.family} family ships no training data: give dataset=FOLDER, made from your "
+                         "manifest with `spade data family` (docs/families/README.md)")
+
+    def codec_params(self) -> int:
+        """Parameters of the codec part that turns codes into audio, where it is loaded (0 when unknown)."""
+        return 0
 
     def token_mask(self, step: int, rows: torch.Tensor, prompts: list[list[int]],
                    generated: list[list[int]]) -> torch.Tensor | None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 
 
 def require(module: str, package: str, family: str, purpose: str = "turn speech tokens into audio"):
@@ -11,6 +13,29 @@ def require(module: str, package: str, family: str, purpose: str = "turn speech 
     except ImportError as e:
         raise ImportError(f"the {family} codec needs the `{package}` package to {purpose}: pip install {package} "
                           f"(import of {module} failed: {e})") from None
+
+
+def codec_weights(env: str, default: str, family: str, what: str) -> str:
+    """Where to load a codec's weights from: ``$env`` (a local folder or file) when set, else ``default`` (a hub id,
+    read from the HF cache or downloaded). A local path that is not there fails here, in one line, rather than as a
+    hub lookup of a path deep inside the codec package."""
+    value = os.environ.get(env, "")
+    if not value:
+        return default
+    if not Path(value).expanduser().exists():
+        raise FileNotFoundError(f"{env}={value} does not exist: point {env} at {what} for {family}, or unset it "
+                                f"to load {default}")
+    return str(Path(value).expanduser())
+
+
+def load_codec(load, source: str, env: str, family: str, what: str):
+    """``load(source)``, with a failure to find the weights (offline hub, missing files) said in one line."""
+    try:
+        return load(source)
+    except (OSError, ValueError) as e:  # hub errors (offline, not cached) are OSError/ValueError subclasses
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FileNotFoundError(f"cannot load the {family} codec from {source} ({first}): set {env} to a local "
+                                f"copy of {what}") from e
 
 
 def load_callable(spec: str):

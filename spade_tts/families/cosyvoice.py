@@ -40,6 +40,7 @@ BLANK = "CosyVoice-BlankEN"
 LLM_FILE = "llm.pt"
 NEG = -1e4
 SAMPLE_RATE = 24000
+S3_ONNX = "speech_tokenizer_v2.onnx"  # the speech tokenizer a CosyVoice2-0.5B folder ships
 # what upstream's CosyVoice2Tokenizer (cosyvoice/tokenizer/tokenizer.py) adds to the BlankEN tokenizer at run time
 UPSTREAM_SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "additional_special_tokens": [
     "<|im_start|>", "<|im_end|>", "<|endofprompt|>", "[breath]", "<strong>", "</strong>", "[noise]", "[laughter]",
@@ -225,23 +226,64 @@ class CosyVoice2SpeechLM(SpeechLM):
 
     # -- codec (speech tokenizer, flow and HiFT of the user's CosyVoice install) ----------------------------
     _frontend = None
+    _s3 = None
+    #: an already-built upstream ``CosyVoice2`` (frontend + flow + HiFT) for the codec hooks to use instead of
+    #: loading one from the checkpoint
+    codec_model = None
+    #: an already-built S3 speech tokenizer (``s3tokenizer.S3TokenizerV2``) that ``encode_audio`` uses instead of
+    #: upstream's frontend: tokens only, no flow prompt (a random-init one in the tests, or one the caller loaded)
+    speech_tokenizer = None
 
     def cosyvoice(self):
+        if self.codec_model is not None:
+            return self.codec_model
         if CosyVoice2SpeechLM._frontend is None:
             mod = require("cosyvoice.cli.cosyvoice", "cosyvoice", "CosyVoice 2 (speech tokenizer, flow, HiFT)",
                           purpose="encode and decode speech tokens (clone github.com/FunAudioLLM/CosyVoice and put "
-                                  "it on PYTHONPATH)")
+                                  "it on PYTHONPATH; for speech tokens alone, pip install s3tokenizer reads the "
+                                  f"checkpoint's {S3_ONNX})")
             CosyVoice2SpeechLM._frontend = mod.CosyVoice2(os.environ.get("SPADE_COSYVOICE_ROOT", str(self.path)))
         return CosyVoice2SpeechLM._frontend
 
+    def _onnx_speech_tokenizer(self):
+        """s3tokenizer's S3TokenizerV2 loaded from the checkpoint's speech_tokenizer_v2.onnx (the file upstream's
+        frontend runs); None when the package or the file is missing."""
+        import importlib.util
+
+        onnx = Path(os.environ.get("SPADE_COSYVOICE_ROOT", str(self.path))) / S3_ONNX
+        if not onnx.is_file() or importlib.util.find_spec("s3tokenizer") is None:
+            return None
+        if CosyVoice2SpeechLM._s3 is None:
+            import s3tokenizer
+
+            tokenizer = s3tokenizer.S3TokenizerV2("speech_tokenizer_v2_25hz")
+            tokenizer.init_from_onnx(str(onnx))
+            CosyVoice2SpeechLM._s3 = tokenizer.eval()
+        return CosyVoice2SpeechLM._s3
+
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Speech tokens of ``audio``; remembers its flow prompt (tokens, mel, speaker embedding) for decoding."""
+        """Speech tokens of ``audio`` (25 a second). Upstream's frontend (``codec_model`` or the ``cosyvoice``
+        package) also remembers its flow prompt (tokens, mel, speaker embedding), which decoding needs; without it,
+        the S3 tokenizer (``speech_tokenizer``, or s3tokenizer with the checkpoint's speech_tokenizer_v2.onnx)
+        gives the same tokens, enough for training data."""
+        tokenizer = self.speech_tokenizer
+        if tokenizer is None:
+            try:
+                cv = self.cosyvoice()
+            except ImportError:
+                tokenizer = self._onnx_speech_tokenizer()
+                if tokenizer is None:
+                    raise
+            else:
+                return self._frontend_tokens(cv, audio, sample_rate)
+        return s3_speech_tokens(tokenizer, audio, sample_rate)
+
+    def _frontend_tokens(self, cv, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         import inspect
         import tempfile
 
         from spade_tts.audio import resample, save_wav, to_mono
 
-        cv = self.cosyvoice()
         fz = cv.frontend.frontend_zero_shot
         if "prompt_wav" in inspect.signature(fz).parameters:  # current upstream reads the prompt from a file
             with tempfile.TemporaryDirectory() as tmp:
@@ -255,6 +297,8 @@ class CosyVoice2SpeechLM(SpeechLM):
         return inputs["llm_prompt_speech_token"].reshape(-1).cpu().numpy().astype(np.int64)
 
     def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+        """Speech tokens -> 24 kHz audio through upstream's flow and HiFT (``token2wav``), conditioned on the flow
+        prompt that ``encode_audio`` of the voice prompt remembered."""
         cv = self.cosyvoice()
         prompt = getattr(self, "flow_prompt", None)
         if prompt is None:
@@ -272,3 +316,17 @@ class CosyVoice2SpeechLM(SpeechLM):
             cv.model.hift_cache_dict.pop(key, None)
         return wav.reshape(-1).float().cpu().numpy(), int(cv.sample_rate)
 
+
+def s3_speech_tokens(tokenizer, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """CosyVoice 2's speech tokens through an S3 tokenizer, as upstream's frontend makes them: 16 kHz audio ->
+    Whisper-style 128-bin log-mel (s3tokenizer's, the one upstream uses) -> ``quantize`` -> tokens in [0, 6561)."""
+    s3tokenizer = require("s3tokenizer", "s3tokenizer", "CosyVoice 2 (S3 speech tokenizer)",
+                          purpose="compute the mel spectrogram the speech tokenizer reads")
+    from spade_tts.audio import resample, to_mono
+
+    wav = torch.from_numpy(resample(to_mono(audio), sample_rate, 16000)).float()
+    mel = s3tokenizer.log_mel_spectrogram(wav, n_mels=128)
+    dev = next(tokenizer.parameters()).device
+    with torch.no_grad():
+        codes, lens = tokenizer.quantize(mel[None].to(dev), torch.tensor([mel.shape[1]], device=dev))
+    return codes[0, : int(lens[0])].cpu().numpy().astype(np.int64)

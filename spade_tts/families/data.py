@@ -31,8 +31,13 @@ from spade_tts.families.base import SpeechLM, Utterance, Word
 
 @dataclass
 class FamilyDataConfig:
-    manifest: str = ""
-    out: str = ""
+    """`spade data family`: a family's (audio or codes, text) manifest -> the dataset `spade distill` reads."""
+
+    model: str = ""  # checkpoint folder of the family: its tokenizer, token layout and codec
+    family: str = ""  # llasa, orpheus, cosyvoice2, spark-tts, outetts, generic; '' = detect from the folder
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoint (implies generic)
+    manifest: str = ""  # JSONL, one {"audio"|"codes", "text", "speaker"} a line (paths relative to it)
+    out: str = ""  # dataset folder to write (`spade distill dataset=FOLDER` reads it)
     prompts_per_target: int = 1  # sequences per target, each with another prompt of its speaker
     use_prompt: bool | None = None  # None = the family's own habit (SpeechLM.uses_prompt)
     seed: int = 0
@@ -120,8 +125,10 @@ def utterance_of(speech: SpeechLM, row: dict) -> Utterance:
     features = row.get("features")
     if features is not None and not isinstance(features, dict):
         raise ValueError('"features" must be an object')
+    phones = row.get("phones")  # [[phone, end seconds], ...]: corpus rows of aligned voices (the builtin family)
     utt = Utterance(text=row["text"].strip(), codes=codes, speaker=str(row.get("speaker", "")),
-                    words=parse_words(row.get("words")), features=features)
+                    words=parse_words(row.get("words")), features=features,
+                    phones=[(str(p), float(e)) for p, e in phones] if phones else None)
     return speech.prepare_utterance(utt, audio, sr)
 
 
@@ -173,3 +180,20 @@ def build_family_dataset(speech: SpeechLM, cfg: FamilyDataConfig) -> Path:
             "prompts_per_target": cfg.prompts_per_target,
             "with_prompt": sum(o["prompt"] is not None for o in origin)}
     return write_token_dataset(rows, cfg.out, meta)
+
+
+def family_dataset(cfg: FamilyDataConfig) -> Path:
+    """`spade data family`: load ``cfg.model`` as its family and build the dataset; checks what the
+    user gave (model, manifest) before what is missing (the output folder)."""
+    from spade_tts.families.registry import load_speech_lm
+
+    if not cfg.model:
+        raise ValueError("no model: give --model CHECKPOINT_FOLDER (the family's tokenizer and token layout)")
+    if not cfg.manifest:
+        raise ValueError("no manifest: give --manifest FILE.jsonl (one {\"audio\"|\"codes\", \"text\", \"speaker\"} a line)")
+    speech = load_speech_lm(cfg.model, cfg.family or None, family_config=cfg.family_config or None)
+    out = build_family_dataset(speech, cfg)
+    meta = json.loads((out / "spade_data.json").read_text())
+    print(f"{speech.family}: {meta['rows']} sequences, {meta['tokens']} tokens from {meta['utterances_used']} "
+          f"utterances ({meta['with_prompt']} with a voice prompt); wrote {out} (spade distill dataset={out})")
+    return out

@@ -1,22 +1,24 @@
-"""Speech generation for any :class:`SpeechLM`: prompt ids in, speech (and stop) ids out.
+"""Speech generation for any :class:`SpeechLM`: one decode loop, one engine, the family's rule.
 
-Every family generates the same way once its prompt is built: sample the next token among the
-rows of the output head that speech may use (``layout.head_rows()``: speech ids, stop ids, extra
-ids such as frame markers), never a text token, until a stop id or ``max_new_tokens``. Two engines
-compute the logits:
+The loop (:func:`generate`) is the same for every family: left-pad the prompts, prefill, then
+step token by token, letting rows whose item ended leave the batch where the rule allows it.
+Two engines compute the logits, only over the rows of the output head that speech may use:
 
-* ``static``: :class:`spade_tts.decoding.StaticDecoder` (preallocated KV cache, head trimmed to
-  the speech rows) whenever the LM is a plain HF Llama/Qwen2/Qwen3/Mistral causal LM; for LLaSA's
-  193,800-row head the trimmed head alone saves a third of the bytes read per token;
-* ``hf``: the model's own forward with its KV cache, for everything else (CosyVoice 2's wrapper).
+* :class:`spade_tts.decoding.StaticDecoder` (preallocated KV cache, head trimmed to those rows,
+  CUDA graphs on a GPU, optional int8 weights on a CPU) whenever the LM is a plain HF
+  Llama/Qwen2/Qwen3/Mistral causal LM; for LLaSA's 193,800-row head the trimmed head alone saves
+  a third of the bytes read per token;
+* the LM's own forward with its KV cache (``decoder="hf"``, and the fallback for other LMs such as
+  CosyVoice 2's wrapper).
 
-Both give the same greedy tokens (tests/test_families_core.py checks it). Sampling uses one
-seeded CPU generator, so a seed gives the same speech on any engine up to float rounding.
-
-Each step the family's :meth:`SpeechLM.token_mask` (which sees every sequence so far) narrows the rows further
-(OuteTTS 1.0: its word-block grammar); the sampler is temperature, top-k, top-p and min-p after an optional
-repetition penalty over a recent window, then optionally CosyVoice 2's repetition-aware redraw. Without a
-config, the family's ``generation_defaults()`` apply.
+Both give the same greedy tokens (tests/test_families_core.py checks it). What to emit is the
+family's *rule* (``SpeechLM.sampler``, a :class:`Sampler`): the default :class:`TokenSampler`
+samples among ``layout.head_rows()`` (speech, stop and marker ids, never a text token) under the
+family's :meth:`SpeechLM.token_mask` (OuteTTS 1.0: its word-block grammar) with temperature,
+top-k, top-p and min-p after an optional repetition penalty, then optionally CosyVoice 2's
+repetition-aware redraw, from one seeded CPU generator; the built-in model's rule forces its
+phones in order (``spade_tts.families.builtin``). Without a config, the family's
+``generation_defaults()`` apply.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import warnings
 
 import torch
 
-from spade_tts.families.base import GenerationConfig, SpeechLM
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
 
-ENGINES = ("auto", "static", "hf")
+from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM, check_decoder
 
 
 def static_supported(lm) -> bool:
@@ -93,9 +97,12 @@ def repetition_penalty(logits: torch.Tensor, col: dict[int, int], contexts: list
 class _HFEngine:
     """Logits over ``rows`` from the model's own forward with its KV cache (left padding handled)."""
 
+    static = True  # rows stay in the batch (HF's cache has no row selection here)
+
     def __init__(self, lm, rows: torch.Tensor):
         self.lm, self.rows = lm, rows
         self.device = next(lm.parameters()).device
+        self.vocab_ids = rows.to(self.device)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,7 +112,7 @@ class _HFEngine:
         pos = (self.mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos, use_cache=True)
         self.cache, self.pos = output_cache(out), pos[:, -1]
-        return out.logits[:, -1].index_select(-1, self.rows.to(self.device))
+        return out.logits[:, -1].index_select(-1, self.vocab_ids)
 
     @torch.inference_mode()
     def step(self, nxt: torch.Tensor) -> torch.Tensor:
@@ -116,86 +123,179 @@ class _HFEngine:
         out = self.lm(input_ids=nxt[:, None].to(self.device), attention_mask=self.mask, position_ids=self.pos[:, None],
                       use_cache=True, **cache_kwargs(self.lm, self.cache))
         self.cache = output_cache(out)
-        return out.logits[:, -1].index_select(-1, self.rows.to(self.device))
+        return out.logits[:, -1].index_select(-1, self.vocab_ids)
 
 
-def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConfig | None = None,
-                 engine: str = "auto") -> list[list[int]]:
-    """New token ids per prompt, each ending with its stop id when one came (speech/stop/extra ids only).
+def decode_engine(lm, batch: int, max_len: int, rows: torch.Tensor, decoder: str = "static"):
+    """The engine ``decoder`` names for ``lm``: prefill(ids, mask) and step(ids) give logits over ``rows``."""
+    device = next(lm.parameters()).device
+    check_decoder(decoder, device)
+    if decoder != "hf" and static_supported(lm):
+        from spade_tts.decoding import StaticDecoder
 
-    A batch is left-padded; rows that stopped keep feeding their stop id and are not extended.
+        # on a GPU each step is one CUDA-graph replay (launch-bound otherwise); rows then stay in the batch
+        return StaticDecoder(lm, batch, max_len, head_rows=rows, cuda_graphs=device.type == "cuda",
+                             int8_weights=decoder == "static-int8")
+    if decoder == "static-int8":
+        raise ValueError(f"decoder=static-int8 needs the static decoder; this {type(lm).__name__} decodes with its "
+                         "own forward (use decoder=static)")
+    return _HFEngine(lm, rows)
+
+
+class Sampler(Protocol):
+    """A family's generation rule for one batch: which token each row emits next, and when it is done.
+
+    ``rows``: the token ids the engine computes logits for (columns, in this order); ``max_steps``:
+    an upper bound on the loop's steps; ``independent_rows``: True when a row's choices do not depend
+    on the other rows (then finished rows may leave the batch without changing anything).
     """
-    cfg = cfg or speech.generation_defaults()
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r} is not one of {', '.join(ENGINES)}")
+
+    rows: torch.Tensor
+    max_steps: int
+    independent_rows: bool
+
+    def choose(self, step: int, logits: torch.Tensor, live: list[int]) -> list[int]:
+        """Next token id of each row in ``live`` (batch indices), from ``logits`` (len(live), len(rows))."""
+
+    def finished(self, b: int) -> bool:
+        """Whether item ``b`` has ended."""
+
+    def result(self, b: int) -> "Generation":
+        """What item ``b`` generated."""
+
+
+@dataclass
+class Generation:
+    """One item's generated ids (speech, stop and rule tokens such as phones) and what the guards did."""
+
+    ids: list[int]
+    guard_hits: int = 0  # forced moves of a length guard (phone-forced rules)
+    truncated: bool = False  # the item ended at a length limit, not by itself
+
+
+@dataclass
+class GenerationStats:
+    """Time in the decode loop (prefill + token steps, synchronized on CUDA) and steps taken."""
+
+    lm_seconds: float = 0.0
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class TokenSampler:
+    """The default rule: sample among ``layout.head_rows()`` under ``token_mask`` until a stop id.
+
+    One seeded CPU generator serves the batch, so rows are not independent (they stay in the
+    batch, feeding their stop id, until all have stopped or ``max_new_tokens`` is reached).
+    """
+
+    independent_rows = False
+
+    def __init__(self, speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConfig):
+        if cfg.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be >= 1")
+        self.speech, self.prompts, self.cfg = speech, prompts, cfg
+        layout = speech.layout
+        self.rows = layout.head_rows()
+        self.max_steps = cfg.max_new_tokens
+        self.stops = set(layout.stop_ids)
+        self.col_of = {r: c for c, r in enumerate(self.rows.tolist())} if cfg.repetition_penalty != 1.0 else {}
+        self.stop_cols = torch.tensor([i for i, r in enumerate(self.rows.tolist()) if r in self.stops], dtype=torch.long)
+        self.gen = torch.Generator().manual_seed(int(cfg.seed))
+        self.out: list[list[int]] = [[] for _ in prompts]
+        self.done = [False] * len(prompts)
+
+    def choose(self, step: int, logits: torch.Tensor, live: list[int]) -> list[int]:
+        cfg, rows = self.cfg, self.rows
+        if cfg.repetition_penalty != 1.0:
+            logits = repetition_penalty(logits, self.col_of, [self.prompts[b] + self.out[b] for b in live],
+                                        cfg.repetition_penalty, cfg.repetition_window)
+        allowed = self.speech.token_mask(step, rows, [self.prompts[b] for b in live], [self.out[b] for b in live])
+        if step < cfg.min_new_tokens and len(self.stop_cols):
+            allowed = torch.ones(len(rows), dtype=torch.bool) if allowed is None else allowed.clone()
+            allowed[..., self.stop_cols] = False
+        if allowed is not None:  # out of place: the engines hand out inference-mode tensors
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        cols = repetition_aware(_pick(logits, cfg, self.gen), logits, rows, [self.out[b] for b in live], cfg, self.gen)
+        nxt = rows[cols.cpu()].tolist()
+        for j, b in enumerate(live):
+            if self.done[b]:
+                nxt[j] = self.out[b][-1]  # a stopped row keeps feeding its stop id; not extended
+                continue
+            self.out[b].append(nxt[j])
+            self.done[b] = nxt[j] in self.stops
+        return nxt
+
+    def finished(self, b: int) -> bool:
+        return self.done[b]
+
+    def result(self, b: int) -> Generation:
+        return Generation(self.out[b], truncated=not self.done[b])
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``prompts`` left-padded to the longest, so that all rows step together."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    if cfg.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be >= 1")
-    lm, layout = speech.lm, speech.layout
-    rows = layout.head_rows()
-    col_of = {r: c for c, r in enumerate(rows.tolist())} if cfg.repetition_penalty != 1.0 else {}
-    stop_cols = torch.tensor([i for i, r in enumerate(rows.tolist()) if r in set(layout.stop_ids)], dtype=torch.long)
-    bsz, width = len(prompts), max(len(p) for p in prompts)
-    pad = speech.pad_id
-    ids = torch.full((bsz, width), pad, dtype=torch.long)
-    mask = torch.zeros((bsz, width), dtype=torch.long)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[b, width - len(p):] = 1
+    return ids, mask
 
-    if engine == "auto":
-        engine = "static" if static_supported(lm) else "hf"
-    if cfg.int8_weights and engine != "static":
-        raise ValueError(f"int8_weights needs the static engine; this {type(lm).__name__} decodes with HF forward "
-                         "(leave int8 off)")
-    if engine == "static":
-        from spade_tts.decoding import StaticDecoder
 
-        on_gpu = next(lm.parameters()).device.type == "cuda"  # one CUDA-graph replay per token there
-        runner = StaticDecoder(lm, bsz, width + cfg.max_new_tokens, head_rows=rows, cuda_graphs=on_gpu,
-                               int8_weights=cfg.int8_weights)
-        rows_dev = runner.vocab_ids
-    else:
-        runner = _HFEngine(lm, rows)
-        rows_dev = rows.to(runner.device)
-    gen = torch.Generator().manual_seed(int(cfg.seed))
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate(speech: SpeechLM, requests: list[GenerationRequest], cfg: GenerationConfig | None = None,
+             item_ids: list[int] | None = None) -> tuple[list[Generation], GenerationStats]:
+    """Generate every request as one batch with the family's rule; (per-item results, loop time)."""
+    cfg = cfg or speech.generation_defaults()
+    prompts = [r.prompt for r in requests]
+    ids, mask = left_padded(prompts, speech.pad_id)
+    item_ids = list(range(len(requests))) if item_ids is None else list(item_ids)
+    sampler = speech.sampler(requests, cfg, item_ids)
+    device = next(speech.lm.parameters()).device
+    runner = decode_engine(speech.lm, len(prompts), ids.shape[1] + sampler.max_steps + 1, sampler.rows, cfg.decoder)
+    can_drop = cfg.drop_finished and sampler.independent_rows and hasattr(runner, "keep_rows") and not runner.static
+    _sync(device)
+    started = time.perf_counter()
     logits = runner.prefill(ids, mask)
-    out: list[list[int]] = [[] for _ in range(bsz)]
-    done = [False] * bsz
-    for step in range(cfg.max_new_tokens):
-        logits = logits.float()
-        if cfg.repetition_penalty != 1.0:
-            logits = repetition_penalty(logits, col_of, [p + o for p, o in zip(prompts, out)],
-                                        cfg.repetition_penalty, cfg.repetition_window)
-        allowed = speech.token_mask(step, rows, prompts, out)
-        if step < cfg.min_new_tokens and len(stop_cols):
-            allowed = torch.ones(len(rows), dtype=torch.bool) if allowed is None else allowed.clone()
-            allowed[..., stop_cols] = False
-        if allowed is not None:  # out of place: the engines hand out inference-mode tensors
-            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-        cols = repetition_aware(_pick(logits, cfg, gen), logits, rows, out, cfg, gen)
-        nxt = rows_dev[cols]
-        for b in range(bsz):
-            if not done[b]:
-                token = int(nxt[b])
-                out[b].append(token)
-                done[b] = token in layout.stop_ids
-            else:
-                nxt[b] = out[b][-1]
-        if all(done) or step + 1 == cfg.max_new_tokens:
+    live = list(range(len(prompts)))
+    step = 0
+    while True:
+        nxt = sampler.choose(step, logits.float(), live)
+        step += 1
+        keep = [j for j, b in enumerate(live) if not sampler.finished(b)]
+        if not keep or step >= sampler.max_steps:
             break
-        logits = runner.step(nxt)
-    cut = sum(not d for d in done)
+        if can_drop and len(keep) < len(live):
+            runner.keep_rows(keep)
+            live, nxt = [live[j] for j in keep], [nxt[j] for j in keep]
+        logits = runner.step(torch.tensor(nxt, dtype=torch.long, device=device))
+    _sync(device)
+    stats = GenerationStats(time.perf_counter() - started, step)
+    results = [sampler.result(b) for b in range(len(prompts))]
+    cut = sum(r.truncated for r in results)
     if cut:
-        warnings.warn(f"{cut} of {bsz} generation(s) reached max_new_tokens={cfg.max_new_tokens} without a stop "
-                      "token: the speech may be cut short (raise max_new_tokens)", stacklevel=2)
-    return out
+        warnings.warn(f"{cut} of {len(results)} generation(s) hit a length limit without a stop token "
+                      f"(max_new_tokens={cfg.max_new_tokens}; phone-forced rules: max_seconds={cfg.max_seconds}, "
+                      f"max_length_ratio={cfg.max_length_ratio}): the speech may be cut short", stacklevel=3)
+    return results, stats
+
+
+def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[int]]:
+    """New token ids per prompt with the default rule's prompts (each ends with its stop id when one came)."""
+    return [g.ids for g in generate(speech, [GenerationRequest(list(p)) for p in prompts], cfg)[0]]
 
 
 def generate_codes(speech: SpeechLM, text: str, prompt_text: str = "", prompt_codes=None,
-                   cfg: GenerationConfig | None = None, engine: str = "auto"):
-    """One utterance: prompt built the family's way -> generated ids -> the codec's codes."""
-    prompt = speech.prompt_ids(text, prompt_text, prompt_codes)
-    new = generate_ids(speech, [prompt], cfg, engine)[0]
+                   cfg: GenerationConfig | None = None):
+    """One utterance: request built the family's way -> generated ids -> the codec's codes."""
+    new = generate(speech, [speech.generation_request(text, prompt_text, prompt_codes)], cfg)[0][0].ids
     return speech.ids_to_codes(speech.speech_ids(new))

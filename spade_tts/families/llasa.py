@@ -17,19 +17,20 @@ folder or hub id; default ``HKUSTAudio/xcodec2``).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spade_tts.families.base import SpeechLayout
-from spade_tts.families.codec_hooks import require
+from spade_tts.families.codec_hooks import codec_weights, load_codec, require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
 NUM_CODES = 65536
 SAMPLE_RATE = 16000
 TOKENS_PER_SECOND = 50
+SAMPLES_PER_TOKEN = SAMPLE_RATE // TOKENS_PER_SECOND
+XCODEC2_REPO = "HKUSTAudio/xcodec2"
 USER_INSTRUCTION = "Convert the text to speech:"
 TU_START, TU_END = "<|TEXT_UNDERSTANDING_START|>", "<|TEXT_UNDERSTANDING_END|>"
 SG_START, SG_END = "<|SPEECH_GENERATION_START|>", "<|SPEECH_GENERATION_END|>"
@@ -104,27 +105,55 @@ class LlasaSpeechLM(HFSpeechLM):
 
     # -- codec ----------------------------------------------------------------------------------------------
     _codec = None
+    #: an already-built X-codec2 for the codec hooks to use instead of loading weights: the ``xcodec2`` package's
+    #: ``XCodec2Model`` or transformers' ``Xcodec2Model`` (random-init ones in the tests, or one the caller loaded)
+    codec_model = None
 
     def codec(self):
-        """The X-codec2 model (``xcodec2`` package), loaded once from SPADE_XCODEC2 or HKUSTAudio/xcodec2."""
+        """``codec_model``, else X-codec2 loaded once from SPADE_XCODEC2 (a local folder) or HKUSTAudio/xcodec2: a
+        folder in transformers' format (config model_type "xcodec2", as HKUSTAudio/xcodec2-hf) loads with
+        transformers' Xcodec2Model, any other with the ``xcodec2`` package, whose constructor also loads
+        facebook/w2v-bert-2.0 (its semantic encoder) from the HF cache."""
+        if self.codec_model is not None:
+            return self.codec_model
         if LlasaSpeechLM._codec is None:
-            mod = require("xcodec2.modeling_xcodec2", "xcodec2", "LLaSA (X-codec2)")
-            name = os.environ.get("SPADE_XCODEC2", "HKUSTAudio/xcodec2")
-            LlasaSpeechLM._codec = mod.XCodec2Model.from_pretrained(name).eval()
+            what = "an X-codec2 folder (HKUSTAudio/xcodec2, or xcodec2-hf for transformers)"
+            source = codec_weights("SPADE_XCODEC2", XCODEC2_REPO, "LLaSA", what)
+            if read_config(Path(source)).get("model_type") == "xcodec2":
+                transformers = require("transformers", "transformers", "LLaSA (X-codec2, transformers format)")
+                if not hasattr(transformers, "Xcodec2Model"):
+                    raise ImportError(f"{source} is an X-codec2 folder in transformers' format, and this transformers "
+                                      f"({transformers.__version__}) has no Xcodec2Model: pip install -U transformers")
+                load = transformers.Xcodec2Model.from_pretrained
+            else:
+                load = require("xcodec2.modeling_xcodec2", "xcodec2", "LLaSA (X-codec2)").XCodec2Model.from_pretrained
+            LlasaSpeechLM._codec = load_codec(lambda s: load(s).eval(), source, "SPADE_XCODEC2", "LLaSA (X-codec2)",
+                                              what)
         return LlasaSpeechLM._codec
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """16 kHz mono -> X-codec2's codes, one per 320 samples: both implementations pad the clip to the next whole
+        code, adding one when it is already whole (N // 320 + 1 codes)."""
         from spade_tts.audio import to_mono_16k
 
-        wav = torch.from_numpy(to_mono_16k(np.asarray(audio, dtype=np.float32), sample_rate))[None]
+        wav = to_mono_16k(np.asarray(audio, dtype=np.float32), sample_rate)
         codec = self.codec()
+        dev = next(codec.parameters()).device
         with torch.no_grad():
-            codes = codec.encode_code(input_waveform=wav.to(next(codec.parameters()).device))
+            if hasattr(codec, "encode_code"):  # the xcodec2 package, as LLaSA's README runs it
+                codes = codec.encode_code(input_waveform=torch.from_numpy(wav)[None].to(dev))
+            else:  # transformers' Xcodec2Model, with its feature extractor (mel for the semantic encoder, padding)
+                from transformers import Xcodec2FeatureExtractor
+
+                features = Xcodec2FeatureExtractor(sampling_rate=SAMPLE_RATE, hop_length=int(codec.config.hop_length))
+                inputs = features(wav, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                codes = codec.encode(**{k: v.to(dev) for k, v in inputs.items()}).audio_codes
         return codes.reshape(-1).cpu().numpy().astype(np.int64)
 
     def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+        """Codes -> 16 kHz audio, 320 samples a code (both implementations take them as ``(1, 1, T)``)."""
         codec = self.codec()
-        t = torch.as_tensor(np.asarray(codes, dtype=np.int64)).reshape(1, 1, -1)
+        t = torch.as_tensor(np.asarray(codes, dtype=np.int64)).reshape(1, 1, -1).to(next(codec.parameters()).device)
         with torch.no_grad():
-            wav = codec.decode_code(t.to(next(codec.parameters()).device))
+            wav = codec.decode_code(t) if hasattr(codec, "decode_code") else codec.decode(audio_codes=t).audio_values
         return wav.reshape(-1).float().cpu().numpy(), SAMPLE_RATE

@@ -3,8 +3,8 @@
 Layout (vocabulary 156,940): the Llama-3 text vocabulary (128,256 ids), then ``<custom_token_N>``
 at id 128256 + N. Upstream's markers: start of speech 128257, end of speech 128258, start/end of
 human 128259/128260, start/end of AI 128261/128262, pad 128263; audio codes from 128266.
-One SNAC frame (~12 ms x 7 = 84 tokens/s) is 7 tokens: level-1 code, level-2 code, two level-3
-codes, level-2 code, two level-3 codes; the token at position p of the frame is
+One SNAC frame (2,048 samples, ~85 ms at 24 kHz; SNAC's levels run at ~12, ~23 and ~47 Hz) is 7 tokens,
+~82 tokens/s: level-1 code, level-2 code, two level-3 codes, level-2 code, two level-3 codes; the token at position p of the frame is
 ``128266 + p * 4096 + code``. Codes here are ``(frames, 7)`` arrays in that order.
 
 Prompt, as upstream's engine builds it: ``[start_of_human] + tokenizer("{voice}: {text}")`` (with
@@ -16,14 +16,13 @@ at a frame boundary) so whatever a pruned model samples decodes.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spade_tts.families.base import SpeechLayout, Utterance
-from spade_tts.families.codec_hooks import require
+from spade_tts.families.codec_hooks import codec_weights, load_codec, require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
 TEXT_VOCAB = 128256
@@ -36,6 +35,8 @@ AUDIO_START = TEXT_VOCAB + 10
 FRAME = 7
 CODEBOOK = 4096
 SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 2048  # SNAC 24 kHz: hop 512 x the coarsest level's stride 4
+SNAC_REPO = "hubertsiuzdak/snac_24khz"
 # which SNAC level each of the 7 positions of a frame belongs to
 FRAME_LEVELS = (0, 1, 2, 2, 1, 2, 2)
 
@@ -131,27 +132,46 @@ class OrpheusSpeechLM(HFSpeechLM):
 
     # -- codec ----------------------------------------------------------------------------------------------
     _codec = None
+    #: an already-built ``snac.SNAC`` for the codec hooks to use instead of loading weights (a random-init one in
+    #: the tests, or one the caller loaded itself)
+    codec_model = None
 
     def codec(self):
-        """SNAC 24 kHz (``snac`` package), loaded once from SPADE_SNAC or hubertsiuzdak/snac_24khz."""
+        """``codec_model``, else SNAC 24 kHz (``snac`` package) loaded once from SPADE_SNAC (a local
+        snac_24khz folder) or hubertsiuzdak/snac_24khz."""
+        if self.codec_model is not None:
+            return self.codec_model
         if OrpheusSpeechLM._codec is None:
+            what = "the snac_24khz folder (config.json + pytorch_model.bin)"
+            source = codec_weights("SPADE_SNAC", SNAC_REPO, "Orpheus", what)
             snac = require("snac", "snac", "Orpheus (SNAC 24 kHz)")
-            OrpheusSpeechLM._codec = snac.SNAC.from_pretrained(os.environ.get("SPADE_SNAC",
-                                                                              "hubertsiuzdak/snac_24khz")).eval()
+            OrpheusSpeechLM._codec = load_codec(lambda s: snac.SNAC.from_pretrained(s).eval(), source, "SPADE_SNAC",
+                                                "Orpheus (SNAC 24 kHz)", what)
         return OrpheusSpeechLM._codec
+
+    @staticmethod
+    def _check_codec(codec):
+        """Orpheus speaks SNAC 24 kHz (3 levels): another SNAC's codes would not map onto the 7-token frame."""
+        rate, strides = getattr(codec, "sampling_rate", SAMPLE_RATE), getattr(codec, "vq_strides", [4, 2, 1])
+        if rate != SAMPLE_RATE or list(strides) != [4, 2, 1]:
+            raise ValueError(f"Orpheus needs SNAC 24 kHz (3 levels, vq_strides [4, 2, 1]); this SNAC runs at {rate} Hz "
+                             f"with vq_strides {list(strides)}: load hubertsiuzdak/snac_24khz")
+        return codec
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         from spade_tts.audio import resample, to_mono
 
         wav = resample(to_mono(audio), sample_rate, SAMPLE_RATE)
-        codec = self.codec()
+        codec = self._check_codec(self.codec())
         dev = next(codec.parameters()).device
         with torch.no_grad():
             levels = codec.encode(torch.from_numpy(wav).float().reshape(1, 1, -1).to(dev))
         return levels_to_frames([x.reshape(-1).cpu().numpy() for x in levels])
 
     def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
-        codec = self.codec()
+        """``(frames, 7)`` codes -> 24 kHz audio, 2,048 samples a frame (SNAC decodes the whole clip at once, as
+        upstream's non-streaming path does)."""
+        codec = self._check_codec(self.codec())
         dev = next(codec.parameters()).device
         levels = [torch.from_numpy(x)[None].to(dev) for x in frames_to_levels(codes)]
         with torch.no_grad():

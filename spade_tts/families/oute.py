@@ -30,7 +30,6 @@ the c1/c2 codes reach the codec.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import unicodedata
 import warnings
@@ -41,12 +40,16 @@ import numpy as np
 import torch
 
 from spade_tts.families.base import GenerationConfig, SpeechLayout, Utterance, Word
-from spade_tts.families.codec_hooks import require
+from spade_tts.families.codec_hooks import codec_weights, load_codec, require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
 CODEBOOK = 1024
 SAMPLE_RATE = 24000
 FRAMES_PER_SECOND = 75  # DAC 24 kHz, hop 320
+HOP = SAMPLE_RATE // FRAMES_PER_SECOND
+# upstream's DacInterface: loudness of what is encoded and decoded, encoder windows, decoder pieces and their fades
+LOUDNESS_LUFS, PEAK_DBFS, LOUDNESS_BLOCK_S = -18.0, -1.0, 0.4
+ENCODE_WINDOW_S, DECODE_CHUNK, FADE_S = 5.0, 2048, 0.015
 EDGE_FRAMES = 20  # upstream widens the first word's start and the last word's end by up to 20 frames
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 TEXT_START, TEXT_END = "<|text_start|>", "<|text_end|>"
@@ -510,36 +513,92 @@ class OuteSpeechLM(HFSpeechLM):
 
     # -- codec ----------------------------------------------------------------------------------------------
     _codec = None
+    #: an already-built ``dac.DAC`` for the codec hooks to use instead of loading weights (a random-init one in the
+    #: tests, or one the caller loaded itself)
+    codec_model = None
 
     def codec(self):
-        """IBM's DAC.speech.v1.0 (``descript-audio-codec`` code), loaded once from SPADE_DAC or the HF cache."""
+        """``codec_model``, else IBM's DAC.speech.v1.0 (``descript-audio-codec`` code), loaded once from SPADE_DAC
+        (the local .pth file) or the HF cache."""
+        if self.codec_model is not None:
+            return self.codec_model
         if OuteSpeechLM._codec is None:
+            what = f"{DAC_FILE} (from {DAC_REPO})"
+            path = codec_weights("SPADE_DAC", DAC_REPO, "OuteTTS", what)
             dac = require("dac", "descript-audio-codec", "OuteTTS (DAC 24 kHz)")
-            path = os.environ.get("SPADE_DAC")
-            if not path:
+            if path == DAC_REPO:
                 hub = require("huggingface_hub", "huggingface_hub", "OuteTTS (DAC.speech.v1.0 weights)",
                               purpose=f"find {DAC_REPO}/{DAC_FILE} (or set SPADE_DAC to that file)")
-                path = hub.hf_hub_download(repo_id=DAC_REPO, filename=DAC_FILE)
+                path = load_codec(lambda _: hub.hf_hub_download(repo_id=DAC_REPO, filename=DAC_FILE), DAC_REPO,
+                                  "SPADE_DAC", "OuteTTS (DAC 24 kHz)", what)
             OuteSpeechLM._codec = dac.DAC.load(str(path)).eval()
         return OuteSpeechLM._codec
 
+    @staticmethod
+    def _check_codec(codec):
+        """OuteTTS 1.0 speaks a 24 kHz DAC at 75 frames/s (hop 320); another DAC's codes would be other sounds."""
+        rate, hop = int(getattr(codec, "sample_rate", SAMPLE_RATE)), int(getattr(codec, "hop_length", HOP))
+        if (rate, hop) != (SAMPLE_RATE, HOP):
+            raise ValueError(f"OuteTTS 1.0 needs a 24 kHz DAC with hop {HOP} (75 frames/s); this DAC runs at {rate} Hz "
+                             f"with hop {hop}: load {DAC_REPO}/{DAC_FILE}")
+        return codec
+
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """``(2, frames)`` codes, as upstream's DacInterface.encode makes them: the 24 kHz audio normalized to -18
+        LUFS (peaks at most -1 dBFS), encoded in 5 s windows, the first two codebooks kept."""
         from spade_tts.audio import resample, to_mono
 
-        codec = self.codec()
+        codec = self._check_codec(self.codec())
         dev = next(codec.parameters()).device
-        wav = torch.from_numpy(resample(to_mono(audio), sample_rate, SAMPLE_RATE)).float().reshape(1, 1, -1).to(dev)
+        wav = normalize_loudness(resample(to_mono(audio), sample_rate, SAMPLE_RATE), SAMPLE_RATE)
+        window = int(ENCODE_WINDOW_S * FRAMES_PER_SECOND) * HOP
+        codes = []
         with torch.no_grad():
-            _, codes, *_ = codec.encode(codec.preprocess(wav, SAMPLE_RATE))
-        return codes[0, :2].cpu().numpy().astype(np.int64)
+            for a in range(0, len(wav), window):
+                chunk = torch.from_numpy(wav[a:a + window]).float().reshape(1, 1, -1).to(dev)
+                _, c, *_ = codec.encode(codec.preprocess(chunk, SAMPLE_RATE))
+                codes.append(c[0, :2].cpu().numpy())
+        return np.concatenate(codes, axis=1).astype(np.int64) if codes else np.zeros((2, 0), np.int64)
 
     def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
-        codes = np.asarray(codes, dtype=np.int64)
-        if codes.ndim != 2 or codes.shape[0] != 2:
-            raise ValueError(f"OuteTTS codes are (2, frames), got shape {codes.shape}")
-        codec = self.codec()
+        """``(2, frames)`` codes -> 24 kHz audio (~320 samples a frame), as upstream's DacInterface.decode: 2,048
+        frames at a time, each piece faded in and out over 15 ms, the whole normalized like the encoder's input."""
+        codes = self._check_codes(codes)
+        codec = self._check_codec(self.codec())
         dev = next(codec.parameters()).device
+        pieces = []
         with torch.no_grad():
-            z = codec.quantizer.from_codes(torch.from_numpy(codes)[None].to(dev))[0]
-            wav = codec.decode(z)
-        return wav.reshape(-1).float().cpu().numpy(), SAMPLE_RATE
+            for a in range(0, codes.shape[1], DECODE_CHUNK):
+                z = codec.quantizer.from_codes(torch.from_numpy(codes[:, a:a + DECODE_CHUNK])[None].to(dev))[0]
+                pieces.append(_fade(codec.decode(z).reshape(-1).float().cpu().numpy(), SAMPLE_RATE))
+        wav = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return normalize_loudness(wav, SAMPLE_RATE), SAMPLE_RATE
+
+
+def normalize_loudness(wav: np.ndarray, sr: int) -> np.ndarray:
+    """``wav`` at -18 LUFS with peaks at most -1 dBFS, as upstream treats what DAC encodes and decodes (pyloudnorm,
+    which descript-audio-codec's audiotools requires, on at least one 0.4 s block); silence is left as it is."""
+    pyln = require("pyloudnorm", "pyloudnorm", "OuteTTS (DAC 24 kHz)", purpose="normalize loudness as upstream does")
+    wav = np.asarray(wav, dtype=np.float64)
+    if not len(wav):
+        return wav.astype(np.float32)
+    padded = np.pad(wav, (0, max(0, int(LOUDNESS_BLOCK_S * sr) - len(wav))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "possible clipped samples": the peak limit below takes care of them
+        loudness = pyln.Meter(sr, block_size=LOUDNESS_BLOCK_S).integrated_loudness(padded)
+        if not np.isfinite(loudness):
+            return wav.astype(np.float32)
+        out = pyln.normalize.loudness(padded, loudness, LOUDNESS_LUFS)[: len(wav)]
+    peak, limit = float(np.abs(out).max()), 10 ** (PEAK_DBFS / 20)
+    if peak > limit:
+        out = out * (limit / peak)
+    return out.astype(np.float32)
+
+
+def _fade(wav: np.ndarray, sr: int) -> np.ndarray:
+    """Linear 15 ms fade in and out (at most half the piece each), as upstream applies to every decoded piece."""
+    n = min(int(FADE_S * sr), len(wav) // 2)
+    if n:
+        wav[:n] *= np.linspace(0.0, 1.0, n, dtype=wav.dtype)
+        wav[len(wav) - n:] *= np.linspace(1.0, 0.0, n, dtype=wav.dtype)
+    return wav

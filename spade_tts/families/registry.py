@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from spade_tts.families import FAMILY_MODULES
+from spade_tts.families import BUILTIN_MODEL, BUILTIN_NAMES, FAMILY_MODULES
 from spade_tts.families.base import SpeechLM
 
 
@@ -80,14 +80,19 @@ def detect_family(path: str | Path) -> str:
     return name
 
 
-def load_speech_lm(path: str | Path, family: str | None = None, dtype: torch.dtype | str = "auto",
+def model_folder(path: str | Path | None) -> Path:
+    """The folder ``--model`` names: ``built-in`` (or nothing) is the built-in model shipped in the package."""
+    return BUILTIN_MODEL if path is None or str(path).strip().lower() in BUILTIN_NAMES else Path(path)
+
+
+def load_speech_lm(path: str | Path | None = None, family: str | None = None, dtype: torch.dtype | str = "auto",
                    device: str = "cpu", family_config: str | Path | None = None) -> SpeechLM:
     """Load the checkpoint at ``path`` as its family's :class:`SpeechLM` (detected unless ``family`` is given).
 
-    ``family_config``: the YAML of the ``generic`` family when it is not next to the checkpoint
-    (``--family-config``); giving it implies ``family="generic"``.
+    ``path`` None or ``built-in``: the built-in model. ``family_config``: the YAML of the ``generic``
+    family when it is not next to the checkpoint (``--family-config``); giving it implies ``family="generic"``.
     """
-    path = Path(path)
+    path = model_folder(path)
     if not path.exists():
         raise FileNotFoundError(f"model folder {path} not found")
     if family_config:

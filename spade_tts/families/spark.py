@@ -212,6 +212,9 @@ class SparkSpeechLM(HFSpeechLM):
 
     # -- codec ----------------------------------------------------------------------------------------------
     _codec = None
+    #: an already-built upstream ``BiCodecTokenizer`` (or one with its ``tokenize``/``detokenize``) for the codec
+    #: hooks to use instead of loading the checkpoint's BiCodec
+    codec_model = None
 
     def codec_root(self) -> Path:
         root = getattr(self, "root", None) or (self.path.parent if (self.path.parent / "BiCodec").is_dir() else None)
@@ -219,10 +222,16 @@ class SparkSpeechLM(HFSpeechLM):
         if root is None:
             raise FileNotFoundError("BiCodec needs the Spark-TTS checkpoint root (with BiCodec/ and config.yaml): "
                                     "load the root instead of LLM/, or set SPADE_SPARK_ROOT")
+        if not (Path(root) / "BiCodec").is_dir():
+            raise FileNotFoundError(f"{root} has no BiCodec/ folder: point SPADE_SPARK_ROOT at the Spark-TTS-0.5B "
+                                    "checkpoint root")
         return Path(root)
 
     def codec(self):
-        """Upstream's BiCodecTokenizer (``sparktts`` package from the Spark-TTS repository), loaded once."""
+        """``codec_model``, else upstream's BiCodecTokenizer (``sparktts`` package from the Spark-TTS repository),
+        loaded once from the checkpoint root."""
+        if self.codec_model is not None:
+            return self.codec_model
         if SparkSpeechLM._codec is None:
             mod = require("sparktts.models.audio_tokenizer", "sparktts", "Spark-TTS (BiCodec)",
                           purpose="encode and decode BiCodec tokens (clone github.com/SparkAudio/Spark-TTS and "

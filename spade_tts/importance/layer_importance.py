@@ -1,21 +1,26 @@
 """`spade score`: how much each decoder layer matters to the speech, by WER and by cheaper proxies.
 
-WLI (SPADE's metric): skip layer i (its input passes straight to the next layer), speak the
-evaluation items, transcribe them, and take the mean WER. A layer whose absence makes the
-model mumble is important. On the same items, and in the same run, the cheap proxies other
-pruning work uses (block influence, angular distance, teacher-forced loss rise) are computed
-so that their rankings can be compared with WLI's (Spearman) and with the WER of the model
-actually cut by each of them.
+For any family's checkpoint (the built-in model, LLaSA, Orpheus, CosyVoice 2, Spark-TTS, OuteTTS,
+generic). WLI (SPADE's metric): skip layer i (its input passes straight to the next layer), speak
+the evaluation items through the family's own generation rule and codec decoder, transcribe
+them, and take the mean WER. A layer whose absence makes the model mumble is important. On the
+same items, in the same run, the cheap proxies other pruning work uses (block influence, angular
+distance, teacher-forced loss rise; ``spade_tts.importance.metrics``) are computed so that their
+rankings can be compared with WLI's (Spearman) and with the WER of the model actually cut by each.
+
+Items: the built-in held-out set (``corpus_dir``), a manifest of the user's data (``data=``), or
+a Seed-TTS-eval list (``items_file=``); ``spade_tts.evaluation.items`` makes all three.
 
 Every synthesis run (one skip set) is stored in ``out_dir/state.json`` as soon as it
 finishes, written atomically, so a killed run resumes where it stopped and a finished one
-is not redone; the state is tied to the model's fingerprint and the item list.
+is not redone; the state is tied to the model's fingerprint, the item list and the decoding.
 
 Several processes (``accelerate launch --num_processes N -m spade_tts.importance ...``, one per
 GPU) share the synthesis runs: each takes every N-th missing run, writes what it finishes to
 its own ``state.rank<R>.json``, and all of them merge the files at the end of each batch of
-runs. Runs do not depend on which process or batch produced them (every item samples from its
-own seeded stream), so N processes give the single process's scores.
+runs. Runs do not depend on which process produced them (a run is one batch decoded by one
+process; the built-in model's items also sample from their own seeded streams), so N
+processes give the single process's scores.
 """
 from __future__ import annotations
 
@@ -28,19 +33,28 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-PROXY_METRICS = ("block_influence", "angular", "tf_loss_rise")
+from spade_tts.importance.metrics import PROXY_METRICS
+from spade_tts.io import write_json
 
 
 @dataclass
 class ScoreConfig:
-    model: str = ""  # empty = the built-in model
-    corpus_dir: str = "data/corpus"
-    items_per_speaker: int = 4  # held-out items per aligned voice (7 voices: 28 items)
+    model: str = ""  # a checkpoint folder of any family; empty = the built-in model
+    family: str = ""  # '' = detect from the folder
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoint
+    data: str = ""  # JSONL manifest of your data (audio, text, speaker): items and teacher-forced sequences
+    items_file: str = ""  # or a Seed-TTS-eval list id|prompt_text|prompt_wav|target_text (WLI; proxies need no list)
+    corpus_dir: str = "data/corpus"  # the built-in held-out set, when neither data nor items_file is given
+    items_per_speaker: int = 4  # items per speaker (held-out set: 7 aligned voices -> 28 items)
+    max_items: int = 0  # keep only the first N items (0 = all)
     max_prompt_seconds: float = 4.0
     seed: int = 0  # item choice and sampling; the same seed for every layer, so runs differ only by the layer
-    temperature: float = 1.0
-    top_p: float = 0.8
+    temperature: float | None = None  # None = the family's default (built-in model: 1.0)
+    top_p: float | None = None  # None = the family's default (built-in model: 0.8)
+    max_new_tokens: int = 1500  # length guard of token rules (the built-in model's phone forcing: max_length_ratio)
+    decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8, hf
     batch_size: int = 32  # items decoded together; the items of one layer fit one batch by default
+    tf_batch: int = 8  # sequences per teacher-forced forward
     wli: bool = True  # False: only the teacher-forced proxies (seconds instead of minutes)
     iterative: bool = False  # also remove layers one at a time, rescoring the rest after each removal
     iterative_metric: str = "wli"  # or tf_loss_rise (much cheaper)
@@ -48,8 +62,9 @@ class ScoreConfig:
     compare: bool = True  # WER of the model cut to `keep` layers by each metric, without distillation
     out_dir: str = "runs/score"
     json: str = ""  # also copy the scores JSON here
-    asr_model: str = ""  # empty = offline Whisper tiny.en
+    asr_model: str = ""  # empty = offline Whisper tiny.en; or a local faster-whisper / HF Whisper folder
     device: str = "cpu"
+    dtype: str = "auto"
     # a skipped layer can make the model babble: cut an item at this many times the length its prompt's
     # speaking rate predicts (0 = only the 20 s guard); a cut item keeps its high WER, it just ends sooner
     max_length_ratio: float = 2.5
@@ -61,10 +76,11 @@ class ScoreConfig:
     item_wer_cap: float = 1.0
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+def generation_config(cfg: ScoreConfig, speech):
+    """The family's defaults with the run's settings; the same for every skip set."""
+    return speech.generation_config(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, decoder=cfg.decoder,
+                                    max_new_tokens=cfg.max_new_tokens, max_length_ratio=cfg.max_length_ratio,
+                                    drop_finished=cfg.drop_finished)
 
 
 class ScoringRun:
@@ -76,17 +92,14 @@ class ScoringRun:
     run's result does not depend on how it was batched or scheduled.
     """
 
-    def __init__(self, cfg: ScoreConfig, tts, items: list[dict], fingerprint: str, asr, processes=None):
-        from spade_tts.reference.synth import GenerationSettings
-
-        self.cfg, self.tts, self.items, self.asr = cfg, tts, items, asr
+    def __init__(self, cfg: ScoreConfig, speech, items: list[dict], fingerprint: str, asr, processes=None):
+        self.cfg, self.speech, self.items, self.asr = cfg, speech, items, asr
         self.processes = processes  # accelerate's PartialState when launched as several processes, else None
         self.rank = processes.process_index if processes else 0
         self.world = processes.num_processes if processes else 1
-        self.settings = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                           max_length_ratio=cfg.max_length_ratio, drop_finished=cfg.drop_finished)
+        self.settings = generation_config(cfg, speech)
         self.path = Path(cfg.out_dir) / "state.json"
-        identity = {"model_fingerprint": fingerprint, "items": [(it["prompt"]["id"], it["target"]["id"]) for it in items],
+        identity = {"model_fingerprint": fingerprint, "items": [(it["prompt_id"], it["id"]) for it in items],
                     "settings": asdict(self.settings)}
         self.state = {**identity, "runs": {}}
         if self.path.is_file():
@@ -104,7 +117,7 @@ class ScoringRun:
 
     def save(self) -> None:
         """This process's state file (process 0's is ``state.json``, which holds the merged runs)."""
-        _write_json(self.shard(self.rank), self.state)
+        write_json(self.shard(self.rank), self.state)
 
     def _merge_shards(self) -> None:
         for path in sorted(self.path.parent.glob("state.rank*.json")) + [self.path]:
@@ -135,35 +148,45 @@ class ScoringRun:
 
         import torch
 
+        from spade_tts.audio import load_audio, to_mono_16k
         from spade_tts.pruning.layers import skip_layers
-        from spade_tts.reference.evaluate import score_spoken, speak_items
+        from spade_tts.scoring import wer
+        from spade_tts.synthesis import synthesize
 
+        prompts = {}  # one array per prompt file: the family encodes each prompt once per run
+        for it in self.items:
+            prompts.setdefault(it["prompt_wav"], None)
         todo = list(dict.fromkeys(self.key(s) for s in skips if self.key(s) not in self.state["runs"]))
         mine = todo[self.rank::self.world]
         pending = []  # (key, skip, spoken, synthesis seconds, future of the transcripts)
 
         def finish(entry) -> None:
             key, skip, spoken, synth_seconds, future = entry
-            rows = score_spoken(spoken, future.result())
+            rows = [{"id": it["id"], "wer": wer(it["target_text"], hyp), "transcript": hyp,
+                     "seconds": len(res.audio) / res.sample_rate, "truncated": res.truncated}
+                    for it, res, hyp in zip(self.items, spoken, future.result())]
             self.state["runs"][key] = {"skip": skip, "wer": float(np.mean([r["wer"] for r in rows])),
                                        "seconds": round(synth_seconds, 1),  # synthesis; Whisper overlaps the next run
-                                       "per_item": [{k: r[k] for k in ("id", "wer", "transcript", "seconds", "truncated")}
-                                                    for r in rows]}
+                                       "per_item": rows}
             self.save()
 
         workers = 1 if self.cfg.overlap_asr else 0
         threads = torch.get_num_threads()
-        if workers and self.tts.model.device.type == "cpu":  # Whisper has a core of its own, the LM the rest
+        if mine:
+            prompts = {path: load_audio(path) for path in prompts}
+        audios = [prompts[it["prompt_wav"]] for it in self.items]
+        if workers and next(self.speech.lm.parameters()).device.type == "cpu":  # Whisper has a core of its own, the LM the rest
             torch.set_num_threads(max(1, threads - 1))  # (oversubscribed OpenMP threads spin)
         try:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 for key in tqdm(mine, desc=desc or "synthesis runs", unit="run", disable=len(mine) < 2 or self.rank > 0):
                     skip = [int(x) for x in key[len("skip:"):].split(",") if x]
                     started = time.time()
-                    with skip_layers(self.tts.model, skip):
-                        spoken = speak_items(self.tts, self.items, self.cfg.corpus_dir, self.settings,
-                                             self.cfg.batch_size, desc=key if skip else "full")
-                    future = pool.submit(self.asr.transcribe, [res.audio for _, _, res in spoken])
+                    with skip_layers(self.speech.lm, skip):
+                        spoken = synthesize(self.speech, [it["target_text"] for it in self.items], audios,
+                                            [it["prompt_text"] for it in self.items], self.settings,
+                                            self.cfg.batch_size, progress=key if skip else "full")
+                    future = pool.submit(self.asr.transcribe, [to_mono_16k(r.audio, r.sample_rate) for r in spoken])
                     pending.append((key, skip, spoken, time.time() - started, future))
                     if not workers:
                         finish(pending.pop())
@@ -181,19 +204,45 @@ class ScoringRun:
         return [float(self.item_wers(s).mean()) for s in skips]
 
 
-def proxy_scores(tts, items: list[dict], corpus_dir: str) -> tuple[dict[str, list[float]], float]:
+def proxy_sequences(speech, cfg: ScoreConfig, items: list[dict]) -> list[tuple[list[int], int]]:
+    """The teacher-forced sequences the proxies read: each item's recorded target with its prompt, laid out
+    as the family trains on them; without items (``wli=false`` on a codes-only manifest) the manifest's
+    utterances, each prompted by another of its speaker."""
+    from spade_tts.families.data import family_sequences, load_utterances, utterance_of
+
+    if not items:
+        return family_sequences(speech, load_utterances(speech, cfg.data, cfg.max_items), seed=cfg.seed)[0]
+    if any(it.get("reference_wav") is None for it in items):
+        raise ValueError("the teacher-forced metrics need each item's recorded target: give the list file's fifth "
+                         "field (reference wav), or use data=MANIFEST")
+    seqs = []
+    for it in items:
+        target = utterance_of(speech, {"audio": it["reference_wav"], "text": it["target_text"],
+                                       "speaker": it["speaker"] or "", "phones": it.get("target_phones"),
+                                       **it.get("target_extra", {})})
+        prompt = None
+        if speech.uses_prompt:
+            prompt = utterance_of(speech, {"audio": it["prompt_wav"], "text": it["prompt_text"],
+                                           "speaker": it["speaker"] or "", "phones": it.get("prompt_phones"),
+                                           **it.get("prompt_extra", {})})
+        seqs.append(speech.training_sequence(target, prompt))
+    return seqs
+
+
+def proxy_scores(speech, sequences: list[tuple[list[int], int]], chunk: int = 8) -> tuple[dict[str, list[float]], float]:
     """Block influence, angular distance and teacher-forced loss rise for every layer; and the full loss."""
-    from spade_tts.importance.teacher_forced import block_similarity, build_batch, speech_loss
+    from spade_tts.importance.teacher_forced import block_similarity, sequence_batch, speech_loss
     from spade_tts.pruning.layers import decoder_layers, skip_layers
 
-    batch = build_batch(tts, items, corpus_dir)
-    layers = decoder_layers(tts.model)
-    scores = block_similarity(tts.model, layers, batch)
-    full = speech_loss(tts.model, batch)
+    batch = sequence_batch(sequences, speech.pad_id)
+    lm = speech.lm
+    layers = decoder_layers(lm)
+    scores = block_similarity(lm, layers, batch, chunk=chunk)
+    full = speech_loss(lm, batch, chunk=chunk)
     rise = []
     for i in tqdm(range(len(layers)), desc="teacher-forced loss", unit="layer", leave=False):
-        with skip_layers(tts.model, [i]):
-            rise.append(speech_loss(tts.model, batch) - full)
+        with skip_layers(lm, [i]):
+            rise.append(speech_loss(lm, batch, chunk=chunk) - full)
     scores["tf_loss_rise"] = rise
     return scores, full
 
@@ -253,44 +302,57 @@ def iterative_removal(n_layers: int, keep: int, score_of, prefetch=None) -> list
 
 
 def score_layers(cfg: ScoreConfig) -> dict:
+    """Load the model, pick the items, and score every layer (resumable): the ``spade-scores/1`` dict."""
+    from spade_tts.evaluation.items import ItemsError, select_items
+    from spade_tts.families.base import check_decoder
+    from spade_tts.families.registry import load_speech_lm
     from spade_tts.pruning.layers import decoder_layers, model_fingerprint
-    from spade_tts.reference.evaluate import heldout_items
-    from spade_tts.reference.synth import ReferenceTTS
     from spade_tts.scoring import get_transcriber
 
     if cfg.iterative_metric not in ("wli", "tf_loss_rise"):
         raise ValueError(f"iterative_metric={cfg.iterative_metric!r}: use wli or tf_loss_rise")
+    check_decoder(cfg.decoder, cfg.device)
     processes = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import PartialState
 
         processes = PartialState(cpu=not cfg.device.startswith("cuda"))
     device = str(processes.device) if processes and cfg.device.startswith("cuda") else cfg.device  # a GPU each
-    tts = ReferenceTTS.from_pretrained(cfg.model or None, device=device)
-    n = len(decoder_layers(tts.model))
+    items = []
+    if cfg.wli or not cfg.data:  # the proxies of a manifest need no items (codes-only rows work)
+        try:
+            items, _ = select_items(cfg.items_file, cfg.data, cfg.corpus_dir, cfg.items_per_speaker,
+                                    cfg.max_prompt_seconds, cfg.seed, cfg.max_items)
+        except ItemsError as e:
+            raise ItemsError(f"{e} (or rank layers by the teacher-forced metrics alone: wli=false)") from None
+    speech = load_speech_lm(cfg.model or None, cfg.family or None, dtype=cfg.dtype, device=device,
+                            family_config=cfg.family_config or None)
+    speech.lm.eval()
+    n = len(decoder_layers(speech.lm))
     keep = cfg.keep or n // 2
     if not 1 <= keep < n:
         raise ValueError(f"keep={keep} must be between 1 and {n - 1} for a {n}-layer model")
-    items = heldout_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
-    if not items:
-        raise ValueError(f"no phone-aligned held-out items in {cfg.corpus_dir}; build the corpus with aligned voices")
-    fingerprint = model_fingerprint(tts.model)
+    fingerprint = model_fingerprint(speech.lm)
     overlap = cfg.wli and cfg.overlap_asr and device == "cpu"
     asr = get_transcriber(cfg.asr_model or None, cpu_threads=1 if overlap else 0) if cfg.wli else None
-    run = ScoringRun(cfg, tts, items, fingerprint, asr, processes)
-    return _score(cfg, tts, items, run, fingerprint, n, keep)
+    run = ScoringRun(cfg, speech, items, fingerprint, asr, processes)
+    return _score(cfg, speech, items, run, fingerprint, n, keep)
 
 
-def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprint: str, n: int, keep: int) -> dict:
+def _score(cfg: ScoreConfig, speech, items: list[dict], run: ScoringRun, fingerprint: str, n: int, keep: int) -> dict:
     from spade_tts.importance.plots import plot_importance, write_csv
-    from spade_tts.importance.teacher_forced import build_batch, speech_loss
+    from spade_tts.importance.teacher_forced import sequence_batch, speech_loss
     from spade_tts.pruning.layers import skip_layers
     from spade_tts.pruning.prune import choose_kept_layers
 
     start = time.time()
 
+    sequences = None
     if "proxies" not in run.state:
-        run.state["proxies"] = dict(zip(("scores", "full_loss"), proxy_scores(tts, items, cfg.corpus_dir)))
+        sequences = proxy_sequences(speech, cfg, items)
+        run.state["proxies"] = dict(zip(("scores", "full_loss"), proxy_scores(speech, sequences, cfg.tf_batch)))
+        run.state["proxies"]["sequences"] = len(sequences)
+        run.state["proxies"]["target_tokens"] = int(sequence_batch(sequences, speech.pad_id).target_mask.sum())
         run.save()
     proxies, full_loss = run.state["proxies"]["scores"], run.state["proxies"]["full_loss"]
     per_layer = [{"layer": i, **{m: float(proxies[m][i]) for m in PROXY_METRICS}} for i in range(n)]
@@ -307,11 +369,13 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
             per_layer[i]["wli"] = per_layer[i]["wer"] = wli[i]
             per_layer[i]["wli_uncapped"] = run.state["runs"][run.key([i])]["wer"]
         metrics = ["wli"] + metrics
-    result = {"format": "spade-scores/1", "model": cfg.model or "built-in", "model_fingerprint": fingerprint,
+    result = {"format": "spade-scores/1", "model": cfg.model or "built-in", "family": speech.family,
+              "model_fingerprint": fingerprint,
               "num_layers": n, "full_wer": full_wer, "item_wer_cap": cfg.item_wer_cap if cfg.wli else None,
               "full_wer_uncapped": run.state["runs"][run.key([])]["wer"] if cfg.wli else None,
               "full_tf_loss": full_loss, "metrics": metrics,
-              "items": len(items), "speakers": len({it["speaker"] for it in items}), "layers": per_layer}
+              "items": len(items), "speakers": len({it["speaker"] for it in items}),
+              "tf_sequences": run.state["proxies"].get("sequences"), "layers": per_layer}
     if cfg.wli:
         per_item = np.array([run.item_wers([i]) for i in range(n)])
         result["wli_stability"] = wli_stability(per_item, keep, cfg.bootstrap_resamples, cfg.seed)
@@ -324,11 +388,11 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
             order = iterative_removal(n, keep, lambda removed, i: run.wer(removed + [i]),
                                       prefetch=lambda removed, rest: run.wer_many([removed + [i] for i in rest]))
         else:
-            batch = build_batch(tts, items, cfg.corpus_dir)
+            batch = sequence_batch(sequences or proxy_sequences(speech, cfg, items), speech.pad_id)
 
             def tf_loss(removed, i):
-                with skip_layers(tts.model, sorted(removed + [i])):
-                    return speech_loss(tts.model, batch)
+                with skip_layers(speech.lm, sorted(removed + [i])):
+                    return speech_loss(speech.lm, batch, chunk=cfg.tf_batch)
             order = iterative_removal(n, keep, tf_loss)
         kept = sorted(set(range(n)) - set(order))
         one_shot = choose_kept_layers(result, keep, metric=cfg.iterative_metric)
@@ -350,12 +414,11 @@ def _score(cfg: ScoreConfig, tts, items: list[dict], run: ScoringRun, fingerprin
     if run.rank > 0:  # every process computed the same result; process 0 writes it
         return result
     out = Path(cfg.out_dir)
-    _write_json(out / "scores.json", result)
+    write_json(out / "scores.json", result)
     write_csv(out / "scores.csv", per_layer, metrics)
     plot_importance(out / "importance.png", per_layer, metrics, full_wer)
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        _write_json(Path(cfg.json), result)
+        write_json(cfg.json, result)
     print(format_table(result))
     return result
 

@@ -6,7 +6,8 @@ They are what other depth-pruning work ranks layers by, and what SPADE argues ag
 * block influence: 1 - cos(layer input, layer output), averaged over target positions;
 * angular distance: arccos(cos(input, output)) / pi, the same angle on a linear scale;
 * teacher-forced loss rise: how much the cross-entropy of the recorded target speech
-  (speech tokens and phone move-on tokens) grows when the layer is skipped.
+  (the family's target tokens: speech, stop, and for the built-in model its phone move-on
+  tokens) grows when the layer is skipped.
 
 The hidden states are taken with forward hooks on the decoder layers rather than from
 ``output_hidden_states``, because HF's last entry is after the final norm, not the output of
@@ -15,8 +16,6 @@ the last layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -28,34 +27,15 @@ class TeacherForcedBatch:
     target_mask: torch.Tensor  # (B, L) True where the NEXT token is a target token whose loss counts
 
 
-def build_batch(tts, items: list[dict], corpus_dir: str | Path) -> TeacherForcedBatch:
-    """Each item as the model was trained on it: prompt speech as recorded, target interleaved with its phones."""
-    from spade_tts.audio import load_audio
-    from spade_tts.reference.vocab import frames_per_phone
+def sequence_batch(sequences: list[tuple[list[int], int]], pad_id: int) -> TeacherForcedBatch:
+    """Right-padded batch of ``(input_ids, loss_from)`` sequences (``SpeechLM.training_sequence``), counting
+    the tokens training counts (:func:`spade_tts.batching.collate`): position p is a target when token p + 1 is."""
+    from spade_tts.batching import collate
 
-    corpus, vocab, codec = Path(corpus_dir), tts.vocab, tts.codec
-    seqs, starts = [], []
-    for it in items:
-        prompt, target = it["prompt"], it["target"]
-        if not prompt.get("phones") or not target.get("phones"):
-            raise ValueError(f"item {target['id']} has no phone timings; teacher-forced metrics need an aligned voice")
-        p_codes = codec.encode(load_audio(corpus / prompt["audio"]))
-        t_codes = codec.encode(load_audio(corpus / target["audio"]))
-        p_ph = vocab.phone_ids([p for p, _ in prompt["phones"]])
-        t_ph = vocab.phone_ids([p for p, _ in target["phones"]])
-        frames = frames_per_phone([e for _, e in target["phones"]], codec.config.tokens_per_second, len(t_codes))
-        ids, loss_from = vocab.training_ids(p_ph, t_ph, p_codes, t_codes, frames)
-        seqs.append(ids)
-        starts.append(loss_from + len(p_codes))  # the prompt's speech is given at synthesis: its loss is not counted
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), vocab.pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    target = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for b, (s, start) in enumerate(zip(seqs, starts)):
-        ids[b, : len(s)] = torch.tensor(s)
-        mask[b, : len(s)] = 1
-        target[b, start : len(s) - 1] = True
-    return TeacherForcedBatch(ids, mask, target)
+    batch = collate(sequences, pad_id)
+    target = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    target[:, :-1] = batch["labels"][:, 1:] != -100
+    return TeacherForcedBatch(batch["input_ids"], batch["attention_mask"], target)
 
 
 def _hidden(x):

@@ -20,7 +20,6 @@ from pathlib import Path
 SCORES_FORMAT = "spade-scores/1"
 PRUNING_FORMAT = "spade-pruning/1"
 PRUNING_FILE = "spade_pruning.json"
-BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
 NO_SCORES_METRICS = ("first",)
 
 # Files that save_pretrained rewrites for the pruned model; everything else is copied.
@@ -177,32 +176,35 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
 
     from spade_tts.pruning.layers import find_decoder, model_fingerprint, prune_layers
 
-    if not cfg.out:
-        raise ValueError("no output folder: give -o/--out FOLDER (or out=FOLDER)")
-    source = Path(cfg.model) if cfg.model else BUILTIN_MODEL
-    out = Path(cfg.out)
+    # What the user gave is checked before what they left out: a wrong --scores or --model is the
+    # first thing to fix, and would still be wrong after adding -o.
+    scores = load_scores(cfg.scores) if cfg.scores else None
+    from spade_tts.families.registry import model_folder
+
+    source = model_folder(cfg.model or None)
     family = _family_of(cfg, source)
     if family is None and not (source / "config.json").is_file():
         raise FileNotFoundError(f"no model in {source}: expected a Hugging Face folder with config.json "
                                 "or a checkpoint of an LLM-TTS family (--family NAME)")
+    if not cfg.out:
+        raise ValueError("no output folder: give -o/--out FOLDER (or out=FOLDER)")
+    out = Path(cfg.out)
     if out.resolve() == source.resolve():
         raise ValueError(f"output folder {out} is the source model; choose another -o")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PRUNING_FILE).is_file())):
         raise ValueError(f"{out} exists and is not a pruned model folder; choose another -o or remove it")
-    scores = None
-    if cfg.metric not in NO_SCORES_METRICS:
-        if not cfg.scores:
-            raise ValueError(f"metric {cfg.metric!r} needs a scores file: give --scores FILE from `spade score`, "
-                             "or use --metric first")
-        scores = load_scores(cfg.scores)
-    elif cfg.scores:
-        scores = load_scores(cfg.scores)
+    if scores is None and cfg.metric not in NO_SCORES_METRICS:
+        raise ValueError(f"metric {cfg.metric!r} needs a scores file: give --scores FILE from `spade score`, "
+                         "or use --metric first")
 
     speech = None
     if family is not None:  # an LLM-TTS family checkpoint: its adapter loads and saves it in its own format
         from spade_tts.families.registry import load_speech_lm
 
-        speech = load_speech_lm(source, family, dtype="auto", family_config=cfg.family_config or None)
+        # in the dtype the folder stores (the built-in model computes in float32 but ships float16)
+        stored = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
+        dtype = stored.get("dtype") or stored.get("torch_dtype") or "auto"
+        speech = load_speech_lm(source, family, dtype=dtype, family_config=cfg.family_config or None)
         depth = len(find_decoder(speech.lm).layers)
     else:
         # Everything the user can get wrong is checked before the weights are read.
@@ -261,14 +263,16 @@ def prune_checkpoint(cfg: PruneConfig) -> Path:
         _replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # printed here rather than by `spade prune`, so that `spade compress` and scripts show it too
+    print(f"kept {len(kept)} of {depth} layers {kept} by {cfg.metric}; removed {record['removed']}; wrote {out}")
     return out
 
 
 def _family_of(cfg: PruneConfig, source: Path) -> str | None:
-    """The LLM-TTS family to load ``source`` with, or None for a plain HF folder / the built-in model."""
+    """The LLM-TTS family to load ``source`` with (the built-in model is one), or None for a plain HF folder."""
     if cfg.family or cfg.family_config:
         return cfg.family or "generic"
-    if not cfg.model or not source.is_dir():
+    if not source.is_dir():
         return None
     from spade_tts.families.registry import find_family
 

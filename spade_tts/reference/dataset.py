@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from spade_tts.batching import collate
 from spade_tts.reference.vocab import Vocab, frames_per_phone
 
 
@@ -118,17 +119,3 @@ class PairSampler:
         rng = random.Random(self.seed * 1_000_003 + step)
         examples = [self.example(rng) for _ in range(batch_size)]
         return collate(examples, self.vocab.pad)
-
-
-def collate(examples: list[tuple[list[int], int]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 outside the speech part)."""
-    n = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), n), pad, dtype=torch.long)
-    labels = torch.full((len(examples), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), n), dtype=torch.long)
-    for b, (ids, loss_from) in enumerate(examples):
-        t = torch.tensor(ids)
-        input_ids[b, : len(ids)] = t
-        mask[b, : len(ids)] = 1
-        labels[b, loss_from + 1 : len(ids)] = t[loss_from + 1 :]
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

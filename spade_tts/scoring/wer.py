@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from spade_tts.audio import AudioError
+from spade_tts.scoring.common import checked_audio
 from spade_tts.text import TextError, normalize_for_wer
 
 HF_MAX_SECONDS = 30.0  # one Whisper window; the HF backend here does not do long-form decoding
@@ -125,14 +126,7 @@ class Transcriber:
 
     def transcribe(self, audios: list[np.ndarray]) -> list[str]:
         """Transcripts of 16 kHz float32 mono clips; an empty clip gives ''."""
-        clips = []
-        for i, a in enumerate(audios):
-            a = np.asarray(a, dtype=np.float32)
-            if a.ndim != 1:
-                raise AudioError(f"audio {i} has shape {a.shape}: pass 16 kHz mono (spade_tts.audio.to_mono_16k)")
-            if not np.all(np.isfinite(a)):
-                raise AudioError(f"audio {i} contains NaN or Inf samples: the model output is corrupt; regenerate it")
-            clips.append(a)
+        clips = [checked_audio(a, f"audio {i}") for i, a in enumerate(audios)]
         if not clips:
             return []
         model = self._load()

@@ -1,35 +1,18 @@
-"""Zero-shot synthesis with the reference LM: batched, KV-cached, phone-forced decoding.
+"""Today's (2026-11-27) phone-forced decoding of the built-in model, frozen as a test oracle.
 
-At every step the model may emit a speech token or move on to the next phone of the target
-(the only phone it is allowed), or, after the last phone, end the speech. Nothing else is
-sampled, so the text is always read in order. Two guards stop a runaway decoder: a phone that
-lasts longer than ``max_phone_seconds`` is ended by force, and the whole item is cut at
-``max_seconds``; both are counted and reported rather than failing silently.
+This is the loop `spade_tts.reference.synth.generate_codes` ran before the built-in model became a
+family whose generation goes through the shared decode loop (`spade_tts.families.generate`). The
+tests check that the new path gives these codes token for token, so WLI and `spade eval` figures
+of the built-in model do not move. Do not "fix" this file: it is the reference.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-from transformers import LlamaForCausalLM
 
 from spade_tts.hf_compat import cache_kwargs, output_cache
-from spade_tts.reference.vocab import Vocab
-
-BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
-
-
-@dataclass
-class SynthResult:
-    audio: np.ndarray
-    sample_rate: int
-    codes: np.ndarray
-    guard_hits: int = 0  # phones ended by the length guard
-    truncated: bool = False  # the whole item hit max_seconds
 
 
 @dataclass
@@ -39,14 +22,10 @@ class GenerationSettings:
     seed: int = 0
     max_phone_seconds: float = 0.6
     max_seconds: float = 20.0
-    any_move_on: bool = True  # time phones by the probability of any phone/end token (see choose_tokens)
-    # "static": preallocated KV cache, speech/stop rows of the head only; "static-int8": the same with int8
-    # weight copies in the decode step (CPU only, lossy, faster at small batches); "hf": HF forward
+    any_move_on: bool = True
     decoder: str = "static"
-    # > 0: also cut an item at this many times the length its prompt's speaking rate predicts
-    # (prompt frames per prompt phone x target phones): a broken model's babble ends early
     max_length_ratio: float = 0.0
-    drop_finished: bool = True  # rows whose item ended leave the batch (same output, fewer row-steps)
+    drop_finished: bool = True
 
 
 def item_uniforms(seed: int, item: int, steps: int, device) -> torch.Tensor:
@@ -124,20 +103,8 @@ class _HFSteps:
         return out.logits[:, -1]
 
 
-DECODERS = ("static", "static-int8", "hf")
-
-
-def check_decoder(name: str, device) -> None:
-    """One-line errors for a decoder name that does not exist or cannot run on ``device``."""
-    if name not in DECODERS:
-        raise ValueError(f"decoder={name!r}: use static (default), static-int8 (CPU only) or hf")
-    if name == "static-int8" and torch.device(device).type != "cpu":
-        raise ValueError(f"decoder=static-int8 is a CPU path and the model is on {device}; use decoder=static there")
-
-
-def _decoder(model, vocab: Vocab, settings: GenerationSettings, batch: int, max_len: int):
+def _decoder(model, vocab, settings: GenerationSettings, batch: int, max_len: int):
     """The decode path: logits come back as columns ``offset..`` of the vocabulary."""
-    check_decoder(settings.decoder, model.device)
     if settings.decoder == "hf":
         return _HFSteps(model)
     int8 = settings.decoder == "static-int8"
@@ -152,7 +119,7 @@ def _decoder(model, vocab: Vocab, settings: GenerationSettings, batch: int, max_
 
 
 @torch.no_grad()
-def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int]], targets: list[list[int]],
+def generate_codes(model, vocab, prompts: list[list[int]], targets: list[list[int]],
                    tokens_per_second: float, settings: GenerationSettings, item_ids: list[int] | None = None,
                    max_codes: list[int] | None = None) -> list[tuple[list[int], int, bool]]:
     """Decode speech codes for a batch; returns (codes, guard hits, truncated) per item.
@@ -227,68 +194,3 @@ def generate_codes(model: LlamaForCausalLM, vocab: Vocab, prompts: list[list[int
             choice = [choice[j] for j in live]
         logits = dec.step(torch.tensor(choice, device=device))
     return [(codes[b], guard_hits[b], truncated[b]) for b in range(bsz)]
-
-
-class ReferenceTTS:
-    """The built-in LLM-TTS: phones in, LLaSA-style speech tokens out, Griffin-Lim to audio."""
-
-    def __init__(self, model: LlamaForCausalLM, vocab: Vocab, codec):
-        self.model, self.vocab, self.codec = model.eval(), vocab, codec
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> "ReferenceTTS":
-        from spade_tts.codec.tokenizer import SpeechTokenizer
-
-        path = Path(path) if path else BUILTIN_MODEL
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no model in {path}: expected a Hugging Face folder with config.json "
-                                    "(train one with `spade train-reference`)")
-        vocab = Vocab.load(path)
-        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-        return cls(model, vocab, SpeechTokenizer.load(path))
-
-    def synthesize(self, texts: list[str], prompt_audio: np.ndarray, prompt_text: str,
-                   settings: GenerationSettings | None = None, batch_size: int = 8) -> list[SynthResult]:
-        """Speak each text in the voice of ``prompt_audio`` (16 kHz mono; its transcript ``prompt_text``)."""
-        n = len(texts)
-        return self.synthesize_pairs(texts, [prompt_audio] * n, [prompt_text] * n, settings, batch_size)
-
-    def synthesize_pairs(self, texts: list[str], prompt_audios: list[np.ndarray], prompt_texts: list[str],
-                         settings: GenerationSettings | None = None, batch_size: int = 8,
-                         progress: str = "") -> list[SynthResult]:
-        """Item i speaks ``texts[i]`` in the voice of ``prompt_audios[i]``; items decode in batches.
-
-        Item i samples from its own random stream (seed, i), so the batch size does not change
-        what it says. ``progress``: a label for a progress bar over the batches ('' = none).
-        """
-        from spade_tts.audio import check_speech
-        from spade_tts.data.voices import g2p
-        from spade_tts.text import check_english
-
-        settings = settings or GenerationSettings()
-        encoded: dict[int, tuple] = {}
-        prompts, targets, caps = [], [], []
-        for text, audio, ptext in zip(texts, prompt_audios, prompt_texts):
-            check_english(text, what="target text")
-            if id(audio) not in encoded:  # one prompt shared by many texts is checked and encoded once
-                check_speech(audio, 16000, what="prompt audio")
-                check_english(ptext, what="prompt text")
-                encoded[id(audio)] = (self.codec.encode(audio), self.vocab.phone_ids(g2p(ptext)))
-            codes, pphones = encoded[id(audio)]
-            targets.append(self.vocab.phone_ids(g2p(text)))
-            prompts.append(self.vocab.prompt_ids(pphones, targets[-1], codes))
-            caps.append(settings.max_length_ratio * len(codes) / max(1, len(pphones)) * len(targets[-1]))
-        results = []
-        tps = self.codec.config.tokens_per_second
-        starts = range(0, len(texts), batch_size)
-        for start in (tqdm(starts, desc=progress, unit="batch", leave=False) if progress else starts):
-            sl = slice(start, start + batch_size)
-            cap = [max(c, tps) for c in caps[sl]] if settings.max_length_ratio > 0 else None
-            for codes, hits, cut in generate_codes(self.model, self.vocab, prompts[sl], targets[sl], tps, settings,
-                                                   item_ids=range(start, start + len(prompts[sl])), max_codes=cap):
-                if cut:
-                    warnings.warn(f"length guard: generation cut at {len(codes) / tps:.1f} s (max_seconds="
-                                  f"{settings.max_seconds}, max_length_ratio={settings.max_length_ratio})", stacklevel=2)
-                audio = self.codec.decode(codes, seed=settings.seed)
-                results.append(SynthResult(audio, 16000, np.asarray(codes, dtype=np.int64), hits, cut))
-        return results

@@ -1,0 +1,270 @@
+"""The built-in model as a family: a small LLaSA-shaped Llama that reads phones, with its own codec.
+
+Its token space (``spade_tts.reference.vocab``) is LLaSA's layout with the CMU phones as the
+"text vocabulary"; its codec is the log-mel k-means tokenizer with Griffin-Lim
+(``spade_tts.codec``). What sets it apart is its **generation rule**, phone forcing: at every step
+the model may emit a speech token or move on to the next phone of the target (the only phone it
+is allowed), or, after the last phone, end the speech. Nothing else is sampled, so the text is
+always read in order. Two guards stop a runaway decoder: a phone that lasts longer than
+``max_phone_seconds`` is ended by force, and the whole item is cut at ``max_seconds`` (or at
+``max_length_ratio`` times the length its prompt's speaking rate predicts); both are counted and
+reported rather than failing silently.
+
+Every item samples from its own random stream, seeded by (seed, item), so what it says does not
+depend on which other items share its batch or on rows leaving the batch as they finish.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spade_tts.families import BUILTIN_MODEL
+from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLayout, SpeechLM, Utterance
+from spade_tts.families.generate import Generation
+
+
+@functools.lru_cache(maxsize=4096)
+def _phones(text: str) -> tuple[str, ...]:
+    """flite's phones of ``text`` (the model's text front end), cached: prompts repeat across items."""
+    from spade_tts.data.voices import g2p
+
+    return tuple(g2p(text))
+
+
+def item_uniforms(seed: int, item: int, steps: int) -> torch.Tensor:
+    """(steps, 2) uniform draws owned by one item: column 0 decides moving on, column 1 picks the code."""
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(item)]).generate_state(1)[0]))
+    return torch.rand(steps, 2, generator=gen)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Greedy when temperature == 0, else nucleus sampling by inverse CDF with one uniform ``u`` per row."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    if top_p < 1.0:
+        sorted_p = sorted_p * (sorted_p.cumsum(dim=-1) - sorted_p < top_p)
+    cdf = sorted_p.cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True).clamp_(max=cdf.shape[1] - 1)
+    return order.gather(1, pick).squeeze(1)
+
+
+def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor, cfg: GenerationConfig,
+                  u: torch.Tensor | None, move_on: slice | None = None) -> torch.Tensor:
+    """Per row: move on to column ``nxt_cols`` (next phone or end) or emit a speech column from [lo, hi).
+
+    The move-on decision is taken with the model's own probability of *any* non-speech token
+    (``move_on``: phones and end; by default just ``nxt_cols``) at temperature 1 and without a
+    nucleus cut; then a speech token is sampled with temperature and top-p. Two things make
+    phones last far too long otherwise: the mass a small model spreads over the wrong next
+    phone is timing information too, and a tempered nucleus draw against thousands of speech
+    codes moves mass away from the single move-on token. ``u`` (rows, 2): the rows' uniform draws.
+    """
+    speech = logits[:, lo:hi]
+    if move_on is None:
+        adv_logit = logits.gather(1, nxt_cols[:, None]).squeeze(1)
+    else:
+        adv_logit = torch.logsumexp(logits[:, move_on].float(), dim=1)
+    if cfg.greedy or cfg.temperature <= 0:
+        advance = adv_logit > speech.max(dim=-1).values
+        codes = speech.argmax(dim=-1) + lo
+    else:
+        lse = torch.logsumexp(torch.cat([speech.float(), adv_logit[:, None].float()], dim=1), dim=1)
+        p_adv = (adv_logit.float() - lse).exp()
+        advance = u[:, 0] < p_adv
+        codes = sample_next(speech, cfg.temperature, cfg.top_p, u[:, 1]) + lo
+    return torch.where(advance, nxt_cols, codes)
+
+
+@dataclass
+class PhoneRequest(GenerationRequest):
+    """A prompt that already ends with the first target phone, the target's phones, and the prompt's
+    speaking rate (speech tokens per phone), which ``max_length_ratio`` turns into a length cap."""
+
+    target_phones: list[int] = field(default_factory=list)
+    prompt_frames: int = 0
+    prompt_phones: int = 0
+
+
+class PhoneForcedSampler:
+    """The builtin family's rule: speech tokens, or the next phone, in order; rows are independent."""
+
+    independent_rows = True
+
+    def __init__(self, tts: "BuiltinTTS", requests: list[PhoneRequest], cfg: GenerationConfig, item_ids: list[int]):
+        vocab, tps = tts.vocab, tts.codec.config.tokens_per_second
+        self.cfg, self.vocab = cfg, vocab
+        self.rows = tts.layout.head_rows()  # speech_end, the phones, the speech codes: one contiguous block
+        self.off = int(self.rows[0])
+        self.lo, self.hi = vocab.speech_offset - self.off, vocab.size - self.off
+        # speech_end sits just before the phones in the vocabulary: one slice covers every move-on token
+        self.move_on = slice(vocab.speech_end - self.off, vocab.speech_offset - self.off) if cfg.any_move_on else None
+        self.targets = [r.target_phones for r in requests]
+        self.max_phone = max(1, int(cfg.max_phone_seconds * tps))
+        max_total = int(cfg.max_seconds * tps)
+        self.caps = [max_total] * len(requests)
+        if cfg.max_length_ratio > 0:  # a broken model's babble ends early; never below one second
+            self.caps = [max(1, min(max_total, int(max(cfg.max_length_ratio * r.prompt_frames / max(1, r.prompt_phones)
+                                                       * len(r.target_phones), tps)))) for r in requests]
+        self.max_steps = max_total + max(len(t) for t in self.targets) + 1
+        sampled = not cfg.greedy and cfg.temperature > 0
+        self.uniforms = torch.stack([item_uniforms(cfg.seed, i, self.max_steps) for i in item_ids]) if sampled else None
+        n = len(requests)
+        self.pointer = [1] * n  # index of the next target phone to force (the first is in the prompt)
+        self.frames_in_phone = [0] * n
+        self.out: list[list[int]] = [[] for _ in range(n)]
+        self.codes = [0] * n
+        self.guard_hits = [0] * n
+        self.truncated = [False] * n
+        self.done = [False] * n
+
+    def choose(self, step: int, logits: torch.Tensor, live: list[int]) -> list[int]:
+        vocab, end = self.vocab, self.vocab.speech_end
+        nxt = [self.targets[b][self.pointer[b]] if self.pointer[b] < len(self.targets[b]) else end for b in live]
+        u = self.uniforms[live, step].to(logits.device) if self.uniforms is not None else None
+        nxt_cols = torch.tensor(nxt, device=logits.device) - self.off
+        choice = (choose_tokens(logits, self.lo, self.hi, nxt_cols, self.cfg, u, self.move_on) + self.off).tolist()
+        for j, b in enumerate(live):
+            if self.done[b]:
+                choice[j] = end  # a finished row still in the batch steps with a known token; ignored
+                continue
+            if choice[j] >= vocab.speech_offset and self.frames_in_phone[b] >= self.max_phone:
+                choice[j] = nxt[j]  # length guard: this phone has lasted too long
+                self.guard_hits[b] += 1
+            self.out[b].append(choice[j])
+            if choice[j] >= vocab.speech_offset:
+                self.codes[b] += 1
+                self.frames_in_phone[b] += 1
+                if self.codes[b] >= self.caps[b]:
+                    self.done[b] = self.truncated[b] = True
+            elif choice[j] == end:
+                self.done[b] = True
+            else:
+                self.pointer[b] += 1
+                self.frames_in_phone[b] = 0
+        return choice
+
+    def finished(self, b: int) -> bool:
+        return self.done[b]
+
+    def result(self, b: int) -> Generation:
+        return Generation(self.out[b], self.guard_hits[b], self.truncated[b])
+
+
+class BuiltinTTS(SpeechLM):
+    """The built-in LLM-TTS: phones in, LLaSA-style speech tokens out, Griffin-Lim to audio (16 kHz)."""
+
+    family = "builtin"
+
+    def __init__(self, path: Path, lm, vocab, codec):
+        layout = SpeechLayout(speech_start=vocab.speech_offset, speech_end=vocab.size, stop_ids=(vocab.speech_end,),
+                              extra_ids=tuple(range(vocab.phone_offset, vocab.speech_offset)))
+        super().__init__(path, lm.eval(), vocab, layout)
+        self.vocab, self.codec = vocab, codec
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        path = Path(path)
+        return (path / "spade_vocab.json").is_file() and (path / "codec.json").is_file()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype | str = "auto",
+                        device: str = "cpu") -> "BuiltinTTS":
+        from transformers import LlamaForCausalLM
+
+        from spade_tts.codec.tokenizer import SpeechTokenizer
+        from spade_tts.reference.vocab import Vocab
+
+        path = Path(path) if path else BUILTIN_MODEL
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no model in {path}: expected a Hugging Face folder with config.json "
+                                    "(train one with `spade train-reference`)")
+        vocab = Vocab.load(path)
+        lm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else dtype).to(device)
+        return cls(path, lm, vocab, SpeechTokenizer.load(path))
+
+    def save_pretrained(self, out: str | Path) -> None:
+        out = Path(out)
+        self.lm.save_pretrained(out)
+        self.vocab.save(out)
+        self.codec.save(out)
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad
+
+    def prompt_ids(self, text: str, prompt_text: str = "", prompt_codes: np.ndarray | None = None) -> list[int]:
+        codes = [] if prompt_codes is None else prompt_codes
+        return self.vocab.prompt_ids(self.vocab.phone_ids(list(_phones(prompt_text))) if prompt_text else [],
+                                     self.vocab.phone_ids(list(_phones(text))), codes)
+
+    def codes_to_ids(self, codes: np.ndarray) -> list[int]:
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+        if codes.size and (codes.min() < 0 or codes.max() >= self.vocab.num_speech):
+            raise ValueError(f"speech codes must lie in [0, {self.vocab.num_speech}), got {codes.min()}..{codes.max()}")
+        return self.vocab.speech_ids(codes)
+
+    def generation_request(self, text: str, prompt_text: str = "", prompt_codes: np.ndarray | None = None) -> PhoneRequest:
+        from spade_tts.text import check_english
+
+        check_english(text, what="target text")
+        if prompt_text:
+            check_english(prompt_text, what="prompt text")
+        codes = np.zeros(0, dtype=np.int64) if prompt_codes is None else np.asarray(prompt_codes)
+        pphones = self.vocab.phone_ids(list(_phones(prompt_text))) if prompt_text else []
+        tphones = self.vocab.phone_ids(list(_phones(text)))
+        return PhoneRequest(self.vocab.prompt_ids(pphones, tphones, codes) + [tphones[0]], target_phones=tphones,
+                            prompt_frames=len(codes), prompt_phones=len(pphones))
+
+    def sampler(self, requests, cfg: GenerationConfig, item_ids: list[int]) -> PhoneForcedSampler:
+        if not all(isinstance(r, PhoneRequest) for r in requests):
+            raise TypeError("the builtin family generates from PhoneRequest (SpeechLM.generation_request)")
+        return PhoneForcedSampler(self, requests, cfg, item_ids)
+
+    def generation_defaults(self, **overrides) -> GenerationConfig:
+        """Temperature 1 with a 0.8 nucleus on the speech codes (the move-on choice is never tempered)."""
+        return GenerationConfig(**{"temperature": 1.0, "top_p": 0.8, **overrides})
+
+    def training_sequence(self, target: Utterance, prompt: Utterance | None = None) -> tuple[list[int], int]:
+        """The phone-interleaved layout the model was trained on: the target's phones need timings."""
+        from spade_tts.reference.vocab import frames_per_phone
+
+        if not target.phones:
+            raise ValueError("the builtin model's sequences interleave phones with speech: the target needs phone "
+                             "timings (a corpus row with 'phones', from an aligned voice)")
+        p_ph = []
+        if prompt is not None:
+            p_ph = (self.vocab.phone_ids([p for p, _ in prompt.phones]) if prompt.phones
+                    else self.vocab.phone_ids(list(_phones(prompt.text))))
+        p_codes = [] if prompt is None else list(prompt.codes)
+        t_ph = self.vocab.phone_ids([p for p, _ in target.phones])
+        frames = frames_per_phone([e for _, e in target.phones], self.codec.config.tokens_per_second, len(target.codes))
+        ids, _ = self.vocab.training_ids(p_ph, t_ph, p_codes, list(target.codes), frames)
+        return ids, len(self.vocab.prompt_ids(p_ph, t_ph, p_codes)) - 1
+
+    def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        from spade_tts.audio import to_mono_16k
+
+        return np.asarray(self.codec.encode(to_mono_16k(np.asarray(audio, dtype=np.float32), sample_rate)),
+                          dtype=np.int64)
+
+    def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
+        """Griffin-Lim with fixed initial phases (seed 0), so the same codes always give the same audio."""
+        return np.asarray(self.codec.decode(np.asarray(codes, dtype=np.int64).tolist(), seed=0), dtype=np.float32), 16000
+
+    def distill_data(self, cfg, split: str = "train") -> Path:
+        """The teacher's own pairs from a fixed ``data_fraction`` of its tokenized corpus (``tokens_dir``); the
+        held-out split in full (what neither model trained on)."""
+        from spade_tts.reference.distill_data import build_reference_dataset
+
+        fraction, pairs = (cfg.data_fraction, cfg.pairs_per_target) if split == "train" else (1.0, 1)
+        return build_reference_dataset(cfg.tokens_dir, cfg.data_dir, fraction, cfg.data_seed, pairs,
+                                       cfg.max_prompt_seconds, cfg.max_target_seconds, split=split)
+
+    def codec_params(self) -> int:
+        return int(self.codec.codebook.numel())
