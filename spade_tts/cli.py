@@ -253,8 +253,8 @@ def top_parser() -> argparse.ArgumentParser:
     lines += ["", "settings: every flag of a stage is a setting of its config; every stage takes --recipe FILE.yaml",
               "and any number of key=value overrides."]
     parser = argparse.ArgumentParser(
-        prog="spade", description="spade-tts: compress LLM-based TTS models by WER-based layer pruning and distillation.",
-        epilog="\n".join(lines), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="spade-tts: compress LLM-based TTS models by WER-based layer pruning and distillation.",
+        prog="spade", epilog="\n".join(lines), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"spade-tts {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", help="one of the stages below")
     groups: dict[str, Any] = {}
@@ -285,14 +285,20 @@ def run_stage(stage: Stage, argv: list[str]) -> None:
     parser, cls = stage_parser(stage)
     args = parser.parse_intermixed_args(argv)
     names = {f.name for f in dataclasses.fields(cls)}
+
+    def is_setting(text: str) -> bool:
+        return "=" in text and override_key(text) in names
+
     flags, overrides = {}, []
     for name in names:
         value = getattr(args, name)
         if isinstance(value, list):  # `--models A B seed=1`: argparse hands trailing settings to a list flag
-            overrides += [v for v in value if "=" in v and override_key(v) in names]
-            value = [v for v in value if not ("=" in v and override_key(v) in names)] or None
+            overrides += [v for v in value if is_setting(v)]
+            value = [v for v in value if not is_setting(v)] or None
+        if isinstance(value, bool):  # flags stay text, like key=value: one parse and one check (load_config)
+            value = str(value).lower()
         if value is not None:
-            flags[name] = value if not isinstance(value, bool) else str(value).lower()
+            flags[name] = value
     overrides += args.overrides
     base: dict[str, Any] = {}
     for flag, (ref, _) in stage.presets.items():

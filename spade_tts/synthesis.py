@@ -79,21 +79,21 @@ PROMPT_SENTENCE = "The birch canoe slid on the smooth planks."
 class SynthConfig:
     """`spade synth`: one text spoken in the voice of a prompt, by any family's checkpoint."""
 
-    text: str = ""
+    text: str = ""  # the words to speak (English for the built-in model)
     output: str = ""  # .wav (the codec's own rate) or .npy (the codes)
     model: str = ""  # '' = the built-in model
     family: str = ""  # '' = detect from the folder
-    family_config: str = ""
+    family_config: str = ""  # the generic family's YAML when it is not next to the checkpoint
     prompt_audio: str = ""  # a few seconds of the voice to copy (any rate, mono or stereo) ...
     prompt_text: str = ""  # ... and what is said in it
     prompt_voice: str = ""  # or an offline voice reading PROMPT_SENTENCE (flite_slt, festival_slt_hts, ...)
     prompt_codes: str = ""  # or the prompt's codec codes (.npy) with prompt_text (no codec encoder needed)
     temperature: float | None = None  # None = the family's default; 0 = greedy
-    top_p: float | None = None
-    seed: int = 0
-    max_seconds: float = 20.0
-    max_new_tokens: int = 1500
-    device: str = "cpu"
+    top_p: float | None = None  # nucleus; None = the family's default (built-in model: 0.8)
+    seed: int = 0  # sampling seed: the same seed speaks the same way
+    max_seconds: float = 20.0  # length guard of phone-forced generation (the built-in model)
+    max_new_tokens: int = 1500  # length guard in tokens (token-sampling families)
+    device: str = "cpu"  # cpu, cuda
     int8: bool = False  # CPU: int8 weight copies in the decode step (faster at batch 1, slightly lossy)
 
 

@@ -229,3 +229,97 @@ def skip_if_installed(module: str) -> None:
 
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed here, so the missing-package error cannot be shown")
+
+
+SPEECH_TEXTS = ("hello there", "good night", "the quick brown fox", "thank you")
+
+
+def audio_manifest(folder: Path, voices=("flite_slt", "flite_rms"), texts=SPEECH_TEXTS) -> Path:
+    """A manifest of real speech: every text in every voice (offline flite), 16 kHz wavs, one speaker a voice."""
+    from spade_tts.audio import save_wav, to_mono_16k
+    from spade_tts.data.voices import synthesize
+
+    folder = Path(folder)
+    (folder / "wavs").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for voice in voices:
+        for i, (text, utt) in enumerate(zip(texts, synthesize(list(texts), voice))):
+            name = f"wavs/{voice}-{i}.wav"
+            save_wav(folder / name, to_mono_16k(utt.audio, utt.sample_rate), 16000)
+            lines.append(json.dumps({"audio": name, "text": text, "speaker": voice, "id": f"{voice}-{i}"}))
+    manifest = folder / "speech.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def with_identity_layer(ckpt: Path, out: Path, family: str, layer: int = 1, family_config: str | None = None) -> Path:
+    """The checkpoint with ``layer``'s attention and MLP output projections zeroed: an exact identity, so
+    skipping it must change nothing (the family's own save_pretrained writes it)."""
+    import torch
+
+    from spade_tts.families.registry import load_speech_lm
+    from spade_tts.pruning.layers import decoder_layers
+
+    speech = load_speech_lm(ckpt, family, family_config=family_config)
+    block = decoder_layers(speech.lm)[layer]
+    with torch.no_grad():
+        for proj in (block.self_attn.o_proj, block.mlp.down_proj):
+            proj.weight.zero_()
+            if getattr(proj, "bias", None) is not None:
+                proj.bias.zero_()
+    speech.save_pretrained(out)
+    return Path(out)
+
+
+def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = None, max_new_tokens: int = 24,
+                     min_new_tokens: int = 24) -> dict:
+    """SPADE on a family's checkpoint through its codec, as a user runs it: `spade score --model CKPT --data M`
+    (WLI with an exact-identity layer, beside the proxies), `spade prune`, `spade eval --models CKPT PRUNED`, and
+    `spade compress --model CKPT --data M` ending with a report. The codec must be reachable by the family's own
+    loading code (a real package at random init, or a stand-in with upstream's signature set up by the caller)."""
+    from spade_tts.compress.pipeline import CompressConfig, compress
+    from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
+    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
+    from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
+
+    tmp_path = Path(tmp_path)
+    manifest = audio_manifest(tmp_path / "speech")
+    model = with_identity_layer(Path(ckpt), tmp_path / "identity", family, 1, family_config)
+    fam = {"family": family, "family_config": family_config or ""}
+    gen = {"max_new_tokens": max_new_tokens}
+    score = dict(items_per_speaker=1, batch_size=2, compare=False, overlap_asr=False, bootstrap_resamples=50, **gen)
+
+    # 1. WLI (+ proxies) through the family's generation and codec decoder, Whisper on the audio
+    scores = score_layers(ScoreConfig(model=str(model), data=str(manifest), out_dir=str(tmp_path / "score"),
+                                      **score, **fam))
+    depth = scores["num_layers"]
+    assert scores["metrics"][0] == "wli" and scores["items"] == 2 and scores["family"] == family
+    assert all(0 <= row["wli"] <= 1 and np.isfinite(row["tf_loss_rise"]) for row in scores["layers"])
+    assert scores["wli_stability"]["items"] == 2
+    runs = json.loads((tmp_path / "score" / "state.json").read_text())["runs"]
+    full = runs["skip:"]["per_item"]
+    assert runs["skip:1"]["per_item"] == full, "skipping an exact identity changed what was spoken"
+    assert scores["layers"][1]["wli"] == scores["full_wer"]
+    assert all(r["seconds"] > 0 for r in full), "the codec decoded no audio"
+
+    # 2. prune by WLI, 3. both models side by side on the same items
+    pruned = prune_checkpoint(PruneConfig(model=str(model), scores=str(tmp_path / "score" / "scores.json"),
+                                          out=str(tmp_path / "pruned"), ratio=0.5, **fam))
+    ev = dict(items_per_speaker=1, isolate=False, warmup=0, rtf_runs=1, rtf_items=1, dnsmos=False,
+              bootstrap_resamples=50, **gen)
+    data = evaluate_models(EvalConfig(models=[f"full={model}", f"pruned={pruned}"], data=str(manifest),
+                                      out_dir=str(tmp_path / "eval"), **ev, **fam))
+    full_m, small = data["models"]
+    assert full_m["family"] == small["family"] == family and small["layers"] == depth // 2
+    assert small["vs_first"]["wer"]["n"] == 2 and small["params"]["lm"] < full_m["params"]["lm"]
+    for m in (full_m, small):
+        assert m["rtf"]["lm"] > 0 and m["rtf"]["e2e"] >= m["rtf"]["lm"] and m["peak_mem_bytes"] > 0
+
+    # 4. the whole method in one command, ending with a report
+    summary = compress(CompressConfig(model=str(model), data=str(manifest), out_dir=str(tmp_path / "compress"),
+                                      score=score, eval=ev, **fam,
+                                      distill={"steps": 2, "batch_size": 2, "warmup": 1, "save_every": 2,
+                                               "log_every": 1, "data_fraction": 1.0, "device": "cpu"}))
+    html = Path(summary["report"]).read_text()
+    assert "distilled" in html and Path(summary["distilled"], "spade_distill.json").is_file()
+    return {"scores": scores, "eval": data, "summary": summary}

@@ -37,14 +37,14 @@ def need(module: str, package: str):
     OSError when its bundled extension does not load: setup.sh handles that case)."""
     try:
         return importlib.import_module(module)
-    except Exception as e:  # noqa: BLE001 - any failure to import means the codec is not usable here
+    except Exception as e:  # any failure to import means the codec is not usable here
         first = (str(e).splitlines() or [""])[0][:160]
         pytest.skip(f"{package} is not usable here ({type(e).__name__}: {first}); bash setup.sh installs it")
 
 
 @pytest.fixture(scope="module")
 def speech():
-    """About 2.5 s of real speech (flite's slt voice, 16 kHz)."""
+    """2.2 s of real speech (flite's slt voice, 16 kHz)."""
     from spade_tts.data.voices import VoiceUnavailable, synthesize
 
     try:

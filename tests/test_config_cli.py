@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from spade_tts.cli import main
-from spade_tts.config import ConfigError, load_config
+from spade_tts.cli import STAGES, main, stage_parser
+from spade_tts.config import ConfigError, field_comments, load_config
 
 
 @dataclass
@@ -124,9 +124,6 @@ def test_every_shipped_recipe_loads_into_its_stage(tmp_path):
 
 
 # ---------------------------------------------------------------- the CLI is the table of stages
-
-from spade_tts.cli import STAGES, stage_parser  # noqa: E402
-from spade_tts.config import field_comments  # noqa: E402
 
 
 def _options(stage):
@@ -277,7 +274,8 @@ def test_settings_print_once_under_accelerate(monkeypatch, captured, capsys):
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
-    for argv, says in ((["prune", "bogus=1"], "unknown setting(s) bogus"), (["prune", "--keep", "three"], "expected int"),
+    for argv, says in ((["prune", "bogus=1"], "unknown setting(s) bogus"),
+                       (["prune", "--keep", "three"], "expected int"),
                        (["report", "-o", str(tmp_path / "r")], "--eval"),
                        (["report", "--eval", str(tmp_path / "none.json"), "-o", str(tmp_path / "r")], "not found"),
                        (["data", "family", "--manifest", "m.jsonl", "-o", "x"], "--model")):

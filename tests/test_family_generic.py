@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from family_chain import run_chain, save_tokenizer, word_level_tokenizer
+from family_chain import run_chain, run_speech_chain, save_tokenizer, word_level_tokenizer
 
 TEXT, CODES = 1000, 4096
 IM_START, IM_END, SPEECH_END = TEXT, TEXT + 1, TEXT + 2
@@ -87,3 +87,12 @@ def test_family_config_given_apart(tmp_path):
 def test_generic_chain(tmp_path):
     got = run_chain(tmp_path, build_generic, "generic")
     assert len(got["codes_shape"]) == 1 and all(0 <= c < CODES for c in got["codes"])
+
+
+def test_generic_speech_chain_wli_eval_compress(tmp_path):
+    """With a real codec behind its hooks (the built-in k-means tokenizer + Griffin-Lim), the generic family runs
+    WLI, eval and compress from an audio manifest like any other."""
+    yaml_text = YAML.replace('decode: "numpy:asarray"', 'encode: "kmeans_codec:encode"\ndecode: "kmeans_codec:decode"')
+    ckpt = build_generic(tmp_path / "ckpt", yaml_text=yaml_text)
+    got = run_speech_chain(tmp_path, ckpt, "generic", max_new_tokens=40, min_new_tokens=40)
+    assert got["eval"]["models"][0]["audio_seconds"] > 0

@@ -78,16 +78,13 @@ def compress(cfg: CompressConfig) -> dict:
     from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
     from spade_tts.evaluation.report import write_report
     from spade_tts.importance.layer_importance import ScoreConfig, score_layers
-    from spade_tts.families.registry import detect_family, model_folder
+    from spade_tts.families.registry import detect_family, family_class, model_folder
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
     out = Path(cfg.out_dir)
     model_dir = model_folder(cfg.model or None)
     family = cfg.family or ("generic" if cfg.family_config else detect_family(model_dir))
-    if cfg.own_corpus and family != "builtin":
-        raise ValueError("the --quick demo builds a corpus for the built-in model; for your checkpoint give "
-                         "--data MANIFEST (and drop --quick's own_corpus, or pass own_corpus=false)")
-    if family != "builtin" and not cfg.data:
+    if not cfg.data and not family_class(family).ships_training_data:  # found now, not after scoring
         raise ValueError(f"a {family} checkpoint needs --data MANIFEST (JSONL of audio, text, speaker): the items "
                          "to score and evaluate, and the data to distill on")
     out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +146,10 @@ def _family_dataset(cfg: CompressConfig, model_dir: Path, out: Path) -> Path:
 def _own_corpus(cfg: CompressConfig, corpus: Path, tokens: Path, model_dir: Path) -> None:
     """A small corpus of the offline voices, tokenized with the model's own codec (both resumable/skipped)."""
     from spade_tts.data.build import DataConfig, build_corpus
-    from spade_tts.reference.dataset import prepare_tokens
+    from spade_tts.families.registry import load_speech_lm
 
     print("== 0/5 corpus: a small one of its own (offline voices)")
     build_corpus(DataConfig(out_dir=str(corpus), voices=ALIGNED_VOICES, train_per_voice=cfg.own_corpus_train_per_voice,
                             heldout=cfg.own_corpus_heldout, chunk_size=20))  # resumable: finished chunks are kept
     if not _done(tokens / "index.json", "tokens"):  # index.json is written last
-        prepare_tokens(corpus, model_dir, tokens)
+        load_speech_lm(model_dir, cfg.family or None).tokenize_corpus(corpus, tokens)

@@ -96,7 +96,7 @@ class DistillConfig:
     heldout_dataset: str = ""  # '' = the teacher's held-out utterances (built-in) or the rows of dataset=...
     #                           left out by data_fraction
     # bookkeeping
-    save_every: int = 200
+    save_every: int = 200  # steps between checkpoints (model, optimizer, scheduler, data position)
     keep_checkpoints: int = 2
     log_every: int = 10
     save_dtype: str = "auto"  # dtype of out_dir/final: auto (the student's stored dtype), float32, bfloat16, float16

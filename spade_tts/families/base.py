@@ -138,6 +138,9 @@ class SpeechLM:
     #: training sequences carry another utterance of the same speaker as the voice prompt (zero-shot
     #: cloning families); False for families that speak named voices (Orpheus' finetuned models)
     uses_prompt: ClassVar[bool] = True
+    #: the family makes its own distillation data (:meth:`distill_data`, :meth:`tokenize_corpus`); the others
+    #: distill on a manifest of the user's data
+    ships_training_data: ClassVar[bool] = False
 
     def __init__(self, path: Path, lm: nn.Module, tokenizer, layout: SpeechLayout):
         self.path, self.lm, self.tokenizer, self.layout = Path(path), lm, tokenizer, layout
@@ -246,6 +249,12 @@ class SpeechLM:
         for families that ship theirs (the built-in model); the others distill on a manifest's sequences."""
         raise ValueError(f"the {self.family} family ships no training data: give dataset=FOLDER, made from your "
                          "manifest with `spade data family` (docs/families/README.md)")
+
+    def tokenize_corpus(self, corpus_dir: str | Path, out_dir: str | Path) -> None:
+        """Encode a corpus of `spade data build` into the token files :meth:`distill_data` reads (families that
+        train on such a corpus: the built-in model; `spade compress --quick` builds one)."""
+        raise ValueError(f"the {self.family} family does not train on a `spade data build` corpus: give --data "
+                         "MANIFEST instead")
 
     def codec_params(self) -> int:
         """Parameters of the codec part that turns codes into audio, where it is loaded (0 when unknown)."""

@@ -160,6 +160,7 @@ class BuiltinTTS(SpeechLM):
     """The built-in LLM-TTS: phones in, LLaSA-style speech tokens out, Griffin-Lim to audio (16 kHz)."""
 
     family = "builtin"
+    ships_training_data = True
 
     def __init__(self, path: Path, lm, vocab, codec):
         layout = SpeechLayout(speech_start=vocab.speech_offset, speech_end=vocab.size, stop_ids=(vocab.speech_end,),
@@ -265,6 +266,12 @@ class BuiltinTTS(SpeechLM):
         fraction, pairs = (cfg.data_fraction, cfg.pairs_per_target) if split == "train" else (1.0, 1)
         return build_reference_dataset(cfg.tokens_dir, cfg.data_dir, fraction, cfg.data_seed, pairs,
                                        cfg.max_prompt_seconds, cfg.max_target_seconds, split=split)
+
+    def tokenize_corpus(self, corpus_dir: str | Path, out_dir: str | Path) -> None:
+        """Every phone-aligned utterance of the corpus through this model's codec (data/reference_tokens)."""
+        from spade_tts.reference.dataset import prepare_tokens
+
+        prepare_tokens(corpus_dir, self.path, out_dir)
 
     def codec_params(self) -> int:
         return int(self.codec.codebook.numel())
