@@ -19,25 +19,27 @@ $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e '.[test,codecs]'
 # The codec packages whose declared requirements could move torch (they ask for torchaudio; xcodec2 pins
 # torch==2.5.0) go in with --no-deps, pinned; what they import came with the `codecs` extra above. Only the
-# missing ones are installed, so a second run costs a second. SPADE_CODECS=0 skips them.
-CODEC_PINS="torchaudio==2.11.1 descript-audiotools==0.7.2 descript-audio-codec==1.0.0 xcodec2==0.1.5 torchtune==0.6.1 s3tokenizer==0.3.0"
+# missing ones are installed, so a second run costs seconds. SPADE_CODECS=0 skips them.
+CODEC_PINS="torchaudio==2.11.1 descript-audiotools==0.7.2 descript-audio-codec==1.0.0 xcodec2==0.1.5
+            torchtune==0.6.1 s3tokenizer==0.3.0"
 if [ "${SPADE_CODECS:-1}" != 0 ]; then
   missing=$($PY -c '
 import sys
 from importlib.metadata import PackageNotFoundError, version
-for pin in sys.argv[1:]:
+def have(pin):
     name, want = pin.split("==")
     try:
-        ok = version(name) == want
+        return version(name) == want
     except PackageNotFoundError:
-        ok = False
-    print("" if ok else pin)' $CODEC_PINS)
-  [ -z "${missing//[[:space:]]/}" ] || $PY -m pip install -q --no-deps $missing
+        return False
+print(" ".join(pin for pin in sys.argv[1:] if not have(pin)))' $CODEC_PINS)
+  [ -z "$missing" ] || $PY -m pip install -q --no-deps $missing
   # PyPI's torchaudio bundles CUDA-linked extension libraries, which cannot load beside the CPU torch wheel, and
   # then `import torchaudio` fails. Its pure-Python part (transforms, functional), all the codecs use, runs
   # without them: torchaudio skips extension libraries it does not find. So, on such a machine, remove them.
   if ! $PY -c "import torchaudio" >/dev/null 2>&1; then
-    rm -f "$($PY -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))")"/lib/*.so
-    $PY -c "import torchaudio" || echo "setup.sh: torchaudio does not import; the codec tests that need it will skip" >&2
+    ta=$($PY -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))")
+    rm -f "$ta"/lib/*.so
+    $PY -c "import torchaudio" || echo "setup.sh: torchaudio does not import; the codec tests that need it skip" >&2
   fi
 fi

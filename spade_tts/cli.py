@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spade_tts import __version__
+from spade_tts.importance.metrics import help_text as metric_help
 from spade_tts.config import (ConfigError, field_comments, field_default, load_config, override_key, show_value,
                               to_dict)
 
@@ -112,8 +113,8 @@ STAGES = [
           "Keep the most important decoder layers of a Hugging Face decoder-only LM (Llama, Qwen2, Qwen3, "
           "Mistral) by a per-layer score from `spade score`, and write a drop-in model folder: pruned weights and "
           "config, every side file of the source (tokenizer, vocabulary, codec), and spade_pruning.json (which "
-          "teacher layer each student layer came from). Metrics: wli (the WER of the model with that layer "
-          "skipped; higher = more important), block_influence, angular, tf_loss_rise or any metric in the file; "
+          "teacher layer each student layer came from). Metrics (higher = more important): " + metric_help()
+          + "; or any metric in the file; "
           "'iterative' uses the set found by greedy removal; 'first' keeps the first layers and needs no scores. "
           "--keep on the command line replaces the recipe's ratio, --ratio its keep.",
           textwrap.dedent("""\

@@ -92,7 +92,7 @@ class SynthConfig:
     top_p: float | None = None  # nucleus; None = the family's default (built-in model: 0.8)
     seed: int = 0  # sampling seed: the same seed speaks the same way
     max_seconds: float = 20.0  # length guard of phone-forced generation (the built-in model)
-    max_new_tokens: int = 1500  # length guard in tokens (token-sampling families)
+    max_new_tokens: int | None = None  # length guard in tokens (token-sampling families); None = the family's
     device: str = "cpu"  # cpu, cuda
     int8: bool = False  # CPU: int8 weight copies in the decode step (faster at batch 1, slightly lossy)
 

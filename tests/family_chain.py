@@ -274,11 +274,12 @@ def with_identity_layer(ckpt: Path, out: Path, family: str, layer: int = 1, fami
 def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = None, max_new_tokens: int = 24,
                      min_new_tokens: int = 24) -> dict:
     """SPADE on a family's checkpoint through its codec, as a user runs it: `spade score --model CKPT --data M`
-    (WLI with an exact-identity layer, beside the proxies), `spade prune`, `spade eval --models CKPT PRUNED`, and
-    `spade compress --model CKPT --data M` ending with a report. The codec must be reachable by the family's own
+    (WLI with an exact-identity layer, beside the proxies), `spade prune`, and `spade compress --model CKPT --data M
+    --quick` (which evaluates full, pruned and distilled models side by side, as `spade eval` does) ending with a
+    report. The codec must be reachable by the family's own
     loading code (a real package at random init, or a stand-in with upstream's signature set up by the caller)."""
-    from spade_tts.compress.pipeline import CompressConfig, compress
-    from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
+    import shutil
+
     from spade_tts.importance.layer_importance import ScoreConfig, score_layers
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
@@ -302,24 +303,29 @@ def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = No
     assert scores["layers"][1]["wli"] == scores["full_wer"]
     assert all(r["seconds"] > 0 for r in full), "the codec decoded no audio"
 
-    # 2. prune by WLI, 3. both models side by side on the same items
+    # 2. prune by WLI
+    compressed = tmp_path / "compress"
     pruned = prune_checkpoint(PruneConfig(model=str(model), scores=str(tmp_path / "score" / "scores.json"),
-                                          out=str(tmp_path / "pruned"), ratio=0.5, **fam))
-    ev = dict(items_per_speaker=1, isolate=False, warmup=0, rtf_runs=1, rtf_items=1, dnsmos=False,
-              bootstrap_resamples=50, **gen)
-    data = evaluate_models(EvalConfig(models=[f"full={model}", f"pruned={pruned}"], data=str(manifest),
-                                      out_dir=str(tmp_path / "eval"), **ev, **fam))
-    full_m, small = data["models"]
-    assert full_m["family"] == small["family"] == family and small["layers"] == depth // 2
-    assert small["vs_first"]["wer"]["n"] == 2 and small["params"]["lm"] < full_m["params"]["lm"]
-    for m in (full_m, small):
-        assert m["rtf"]["lm"] > 0 and m["rtf"]["e2e"] >= m["rtf"]["lm"] and m["peak_mem_bytes"] > 0
+                                          out=str(compressed / "pruned"), ratio=0.5, **fam))
+    shutil.copytree(tmp_path / "score", compressed / "score")  # compress picks both up, as after an interruption
 
-    # 4. the whole method in one command, ending with a report
-    summary = compress(CompressConfig(model=str(model), data=str(manifest), out_dir=str(tmp_path / "compress"),
-                                      score=score, eval=ev, **fam,
-                                      distill={"steps": 2, "batch_size": 2, "warmup": 1, "save_every": 2,
-                                               "log_every": 1, "data_fraction": 1.0, "device": "cpu"}))
+    # 3. the whole method in one command (the CLI, --quick's small settings on your manifest): it distills the
+    #    pruned model, evaluates full / pruned / distilled side by side on the manifest's items and writes a report
+    from spade_tts.cli import main
+
+    argv = ["compress", "--model", str(model), "--data", str(manifest), "--family", family, "--quick",
+            f"out_dir={compressed}", f"eval.max_new_tokens={max_new_tokens}", "eval.isolate=false", "eval.dnsmos=false",
+            "distill.steps=2", "distill.save_every=2", "distill.warmup=1", "distill.batch_size=2", "distill.device=cpu"]
+    if family_config:
+        argv += ["--family-config", family_config]
+    assert main(argv) == 0
+    summary = json.loads((compressed / "summary.json").read_text())
     html = Path(summary["report"]).read_text()
     assert "distilled" in html and Path(summary["distilled"], "spade_distill.json").is_file()
+    data = json.loads(Path(summary["eval"]).read_text())
+    full_m, small, distilled = data["models"]
+    assert {m["family"] for m in data["models"]} == {family} and small["layers"] == distilled["layers"] == depth // 2
+    assert small["vs_first"]["wer"]["n"] == 2 and small["params"]["lm"] < full_m["params"]["lm"]
+    for m in data["models"]:
+        assert m["rtf"]["lm"] > 0 and m["rtf"]["e2e"] >= m["rtf"]["lm"] and m["peak_mem_bytes"] > 0
     return {"scores": scores, "eval": data, "summary": summary}

@@ -33,7 +33,7 @@ class CompressConfig:
     out_dir: str = "runs/compress"
     corpus_dir: str = "data/corpus"  # held-out items to score and evaluate on (and, without tokens_dir, nothing else)
     tokens_dir: str = "data/reference_tokens"  # the teacher's tokenized training data, for distillation
-    own_corpus: bool = False  # build a small corpus under out_dir/corpus instead (the --quick demo)
+    own_corpus: bool = False  # build a small corpus under out_dir/corpus instead (the --quick demo; not with data)
     own_corpus_train_per_voice: int = 30
     own_corpus_heldout: int = 2
     ratio: float = 0.5  # fraction of decoder layers removed (SPADE: half)
@@ -91,7 +91,7 @@ def compress(cfg: CompressConfig) -> dict:
     start = time.time()
     fam = {"family": cfg.family, "family_config": cfg.family_config}
     corpus, tokens = Path(cfg.corpus_dir), Path(cfg.tokens_dir)
-    if cfg.own_corpus:
+    if cfg.own_corpus and not cfg.data:  # with your manifest, --quick keeps only its small settings
         corpus, tokens = out / "corpus", out / "tokens"
         _own_corpus(cfg, corpus, tokens, model_dir)
 

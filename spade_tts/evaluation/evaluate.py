@@ -57,7 +57,7 @@ class EvalConfig:
     temperature: float | None = None  # None = the family's own default (built-in model: 1.0)
     top_p: float | None = None  # None = the family's own default (built-in model: 0.8)
     max_seconds: float = 20.0  # length guard per item (phone-forced rules); token rules: max_new_tokens
-    max_new_tokens: int = 1500
+    max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
     decoder: str = "static"  # "static-int8": int8 weights in the decode step (CPU only, lossy; docs/decoding.md)
     out_dir: str = "runs/eval"  # audio and per-model results (resumable)
     json: str = ""  # results JSON; empty = OUT_DIR/eval.json

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from spade_tts.importance.metrics import METRICS
+
 NOT_LOSSES = {"step", "lr", "learning_rate", "seconds", "time", "elapsed", "epoch", "tokens", "wall", "samples"}
 
 CSS = """
@@ -242,7 +244,7 @@ def _scores_section(scores: dict, png_rel: str | None, data: dict | None = None,
     metrics = list(scores.get("metrics") or [])
     layers = scores.get("layers") or []
     metrics = [m for m in metrics if any(m in row for row in layers)] or \
-        [k for k in ("wli", "block_influence", "angular", "tf_loss_rise") if any(k in row for row in layers)]
+        [k for k in METRICS if any(k in row for row in layers)]
     removed = set(pruning[1]["removed"]) if pruning else set()
     rows = [[_e(row.get("layer"))] + [_e("-" if row.get(m) is None else f"{row[m]:.4f}") for m in metrics]
             + (["removed" if row.get("layer") in removed else "kept"] if pruning else [])

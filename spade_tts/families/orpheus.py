@@ -3,9 +3,9 @@
 Layout (vocabulary 156,940): the Llama-3 text vocabulary (128,256 ids), then ``<custom_token_N>``
 at id 128256 + N. Upstream's markers: start of speech 128257, end of speech 128258, start/end of
 human 128259/128260, start/end of AI 128261/128262, pad 128263; audio codes from 128266.
-One SNAC frame (2,048 samples, ~85 ms at 24 kHz; SNAC's levels run at ~12, ~23 and ~47 Hz) is 7 tokens,
-~82 tokens/s: level-1 code, level-2 code, two level-3 codes, level-2 code, two level-3 codes; the token at position p of the frame is
-``128266 + p * 4096 + code``. Codes here are ``(frames, 7)`` arrays in that order.
+One SNAC frame (2,048 samples, ~85 ms at 24 kHz; SNAC's levels run at ~12, ~23 and ~47 Hz) is 7
+tokens, ~82 tokens/s: level-1 code, level-2 code, two level-3 codes, level-2 code, two level-3 codes;
+the token at position p of the frame is ``128266 + p * 4096 + code``. Codes here are ``(frames, 7)`` arrays in that order.
 
 Prompt, as upstream's engine builds it: ``[start_of_human] + tokenizer("{voice}: {text}")`` (with
 ``<|begin_of_text|>``) ``+ [<|eot_id|>, end_of_human, start_of_ai, start_of_speech]``; the model

@@ -51,7 +51,7 @@ class ScoreConfig:
     seed: int = 0  # item choice and sampling; the same seed for every layer, so runs differ only by the layer
     temperature: float | None = None  # None = the family's default (built-in model: 1.0)
     top_p: float | None = None  # None = the family's default (built-in model: 0.8)
-    max_new_tokens: int = 1500  # length guard of token rules (the built-in model's phone forcing: max_length_ratio)
+    max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
     decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8, hf
     batch_size: int = 32  # items decoded together; the items of one layer fit one batch by default
     tf_batch: int = 8  # sequences per teacher-forced forward
@@ -99,8 +99,9 @@ class ScoringRun:
         self.world = processes.num_processes if processes else 1
         self.settings = generation_config(cfg, speech)
         self.path = Path(cfg.out_dir) / "state.json"
+        # batch_size too: a token-sampling family draws one stream per batch, so its runs depend on the batching
         identity = {"model_fingerprint": fingerprint, "items": [(it["prompt_id"], it["id"]) for it in items],
-                    "settings": asdict(self.settings)}
+                    "settings": asdict(self.settings), "batch_size": cfg.batch_size}
         self.state = {**identity, "runs": {}}
         if self.path.is_file():
             old = json.loads(self.path.read_text())

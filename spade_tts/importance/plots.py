@@ -5,6 +5,8 @@ import csv
 import os
 from pathlib import Path
 
+from spade_tts.importance.metrics import label
+
 
 def write_csv(path: Path, per_layer: list[dict], metrics: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -15,9 +17,6 @@ def write_csv(path: Path, per_layer: list[dict], metrics: list[str]) -> None:
             w.writerow([row["layer"]] + [f"{row[m]:.6f}" for m in metrics])
     os.replace(tmp, path)
 
-
-LABELS = {"wli": "WLI: WER with the layer skipped", "block_influence": "block influence (1 - cos)",
-          "angular": "angular distance / pi", "tf_loss_rise": "teacher-forced loss rise (nats)"}
 
 
 def plot_importance(path: Path, per_layer: list[dict], metrics: list[str], full_wer: float | None,
@@ -45,7 +44,7 @@ def plot_importance(path: Path, per_layer: list[dict], metrics: list[str], full_
             ax.bar([r["layer"] for r in gone_rows], [r[m] for r in gone_rows], color="#e4e4e4",
                    edgecolor="#8a8a8a", hatch="///", label=removed_label if k == 0 else None)
         ax.set_ylabel(m, fontsize=8)
-        ax.set_title(LABELS.get(m, m), fontsize=9, loc="left")
+        ax.set_title(label(m), fontsize=9, loc="left")
         if m == "wli" and full_wer is not None:
             ax.axhline(full_wer, color="#c0392b", lw=1, ls="--", label=f"full model {100 * full_wer:.1f} %")
         if ax.get_legend_handles_labels()[0]:
