@@ -234,8 +234,10 @@ def skip_if_installed(module: str) -> None:
 SPEECH_TEXTS = ("hello there", "good night", "the quick brown fox", "thank you")
 
 
-def audio_manifest(folder: Path, voices=("flite_slt", "flite_rms"), texts=SPEECH_TEXTS) -> Path:
-    """A manifest of real speech: every text in every voice (offline flite), 16 kHz wavs, one speaker a voice."""
+def audio_manifest(folder: Path, voices=("flite_slt", "flite_rms"), texts=SPEECH_TEXTS, words: bool = False) -> Path:
+    """A manifest of real speech: every text in every voice (offline flite), 16 kHz wavs, one speaker a voice.
+    ``words``: word timings too (OuteTTS 1.0 needs them), spread evenly over the speech (a test's stand-in for
+    the Whisper word timestamps upstream uses)."""
     from spade_tts.audio import save_wav, to_mono_16k
     from spade_tts.data.voices import synthesize
 
@@ -246,7 +248,13 @@ def audio_manifest(folder: Path, voices=("flite_slt", "flite_rms"), texts=SPEECH
         for i, (text, utt) in enumerate(zip(texts, synthesize(list(texts), voice))):
             name = f"wavs/{voice}-{i}.wav"
             save_wav(folder / name, to_mono_16k(utt.audio, utt.sample_rate), 16000)
-            lines.append(json.dumps({"audio": name, "text": text, "speaker": voice, "id": f"{voice}-{i}"}))
+            row = {"audio": name, "text": text, "speaker": voice, "id": f"{voice}-{i}"}
+            if words:
+                spoken, seconds = text.split(), len(utt.audio) / utt.sample_rate
+                step = seconds / len(spoken)
+                row["words"] = [{"word": w, "start": round(k * step, 3), "end": round((k + 1) * step, 3)}
+                                for k, w in enumerate(spoken)]
+            lines.append(json.dumps(row))
     manifest = folder / "speech.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
@@ -271,20 +279,21 @@ def with_identity_layer(ckpt: Path, out: Path, family: str, layer: int = 1, fami
     return Path(out)
 
 
-def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = None, max_new_tokens: int = 24,
-                     min_new_tokens: int = 24) -> dict:
+def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = None, max_new_tokens: int = 24) -> dict:
     """SPADE on a family's checkpoint through its codec, as a user runs it: `spade score --model CKPT --data M`
     (WLI with an exact-identity layer, beside the proxies), `spade prune`, and `spade compress --model CKPT --data M
     --quick` (which evaluates full, pruned and distilled models side by side, as `spade eval` does) ending with a
     report. The codec must be reachable by the family's own
-    loading code (a real package at random init, or a stand-in with upstream's signature set up by the caller)."""
+    loading code (a real package at random init, or a stand-in with upstream's signature set up by the caller).
+    A random tiny LM almost never picks its stop id among thousands of speech ids, so each item speaks about
+    ``max_new_tokens`` tokens."""
     import shutil
 
     from spade_tts.importance.layer_importance import ScoreConfig, score_layers
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
     tmp_path = Path(tmp_path)
-    manifest = audio_manifest(tmp_path / "speech")
+    manifest = audio_manifest(tmp_path / "speech", words=family == "outetts")
     model = with_identity_layer(Path(ckpt), tmp_path / "identity", family, 1, family_config)
     fam = {"family": family, "family_config": family_config or ""}
     gen = {"max_new_tokens": max_new_tokens}

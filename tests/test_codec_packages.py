@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from spade_tts.audio import resample
+from spade_tts.families import codec_hooks
 
 # hubertsiuzdak/snac_24khz's config.json (what Orpheus decodes with): 19.8 M parameters, built as it is
 SNAC_24KHZ = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
@@ -125,7 +126,7 @@ def test_orpheus_loads_a_local_snac_folder(orpheus, snac_model, speech, tmp_path
 
     (tmp_path / "config.json").write_text(json.dumps(SNAC_24KHZ))
     torch.save(snac_model.state_dict(), tmp_path / "pytorch_model.bin")
-    monkeypatch.setattr(OrpheusSpeechLM, "_codec", None)
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
     monkeypatch.setattr(orpheus, "codec_model", None)
     monkeypatch.setenv("SPADE_SNAC", str(tmp_path))
     loaded = orpheus.codec()
@@ -182,7 +183,7 @@ def test_outetts_loads_a_local_dac_file(oute, dac_model, speech, tmp_path, monke
     from spade_tts.families.oute import OuteSpeechLM
 
     dac_model.save(str(tmp_path / "weights.pth"), package=False)  # weights + constructor arguments, as DAC ships
-    monkeypatch.setattr(OuteSpeechLM, "_codec", None)
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
     monkeypatch.setattr(oute, "codec_model", None)
     monkeypatch.setenv("SPADE_DAC", str(tmp_path / "weights.pth"))
     assert oute.codec() is not dac_model
@@ -280,7 +281,7 @@ def test_llasa_loads_a_local_xcodec2_hf_folder(llasa, xcodec2_hf_model, speech, 
     from spade_tts.families.llasa import LlasaSpeechLM
 
     xcodec2_hf_model.save_pretrained(tmp_path)
-    monkeypatch.setattr(LlasaSpeechLM, "_codec", None)
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
     monkeypatch.setattr(llasa, "codec_model", None)
     monkeypatch.setenv("SPADE_XCODEC2", str(tmp_path))
     assert type(llasa.codec()) is type(xcodec2_hf_model) and llasa.codec() is not xcodec2_hf_model
@@ -324,7 +325,7 @@ def test_cosyvoice2_speech_tokens_through_s3tokenizer(cosyvoice, speech):
 @pytest.mark.parametrize("fixture, env", [("orpheus", "SPADE_SNAC"), ("oute", "SPADE_DAC"), ("llasa", "SPADE_XCODEC2")])
 def test_missing_local_weights_is_one_line(fixture, env, request, tmp_path, monkeypatch):
     speech_lm = request.getfixturevalue(fixture)
-    monkeypatch.setattr(type(speech_lm), "_codec", None)
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
     monkeypatch.setattr(speech_lm, "codec_model", None)
     monkeypatch.setenv(env, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=rf"^{env}=\S+ does not exist: point {env} at ") as err:
@@ -343,10 +344,55 @@ def test_missing_package_is_one_line(fixture, env, module, package, request, mon
     import sys
 
     speech_lm = request.getfixturevalue(fixture)
-    monkeypatch.setattr(type(speech_lm), "_codec", None)
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
     monkeypatch.setattr(speech_lm, "codec_model", None)
     monkeypatch.delenv(env, raising=False)
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=rf"needs the `{package}` package .*: pip install {package} ") as err:
         speech_lm.decode_audio(speech_lm.random_codes(2, np.random.default_rng(0)))
     assert "\n" not in str(err.value)
+
+
+# -- the whole method through each real codec: WLI, prune, compress (eval side by side) and a report --------------
+def test_orpheus_speech_chain_through_snac(snac_model, tmp_path, monkeypatch):
+    """`spade score/prune/compress --model CKPT --data M` on Orpheus, SNAC loaded from a local folder (SPADE_SNAC)
+    by the family's own loading code."""
+    import json
+
+    from family_chain import run_speech_chain
+    from test_family_orpheus import build_orpheus
+
+    (tmp_path / "snac").mkdir()
+    (tmp_path / "snac" / "config.json").write_text(json.dumps(SNAC_24KHZ))
+    torch.save(snac_model.state_dict(), tmp_path / "snac" / "pytorch_model.bin")
+    monkeypatch.setenv("SPADE_SNAC", str(tmp_path / "snac"))
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
+    ckpt = build_orpheus(tmp_path / "ckpt") or tmp_path / "ckpt"
+    got = run_speech_chain(tmp_path / "chain", ckpt, "orpheus", max_new_tokens=42)  # 6 SNAC frames, 0.5 s
+    assert got["eval"]["models"][0]["audio_seconds"] > 0
+
+
+def test_outetts_speech_chain_through_dac(dac_model, tmp_path, monkeypatch):
+    """The same on OuteTTS 1.0, DAC loaded from a local .pth (SPADE_DAC) by the family's own loading code."""
+    from family_chain import run_speech_chain
+    from test_family_oute import build_oute
+
+    dac_model.save(str(tmp_path / "dac.pth"), package=False)
+    monkeypatch.setenv("SPADE_DAC", str(tmp_path / "dac.pth"))
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
+    ckpt = build_oute(tmp_path / "ckpt") or tmp_path / "ckpt"
+    got = run_speech_chain(tmp_path / "chain", ckpt, "outetts", max_new_tokens=60)
+    assert got["eval"]["models"][0]["audio_seconds"] > 0
+
+
+def test_llasa_speech_chain_through_xcodec2(xcodec2_hf_model, tmp_path, monkeypatch):
+    """The same on LLaSA, X-codec2 in transformers' format loaded from a local folder (SPADE_XCODEC2)."""
+    from family_chain import run_speech_chain
+    from test_family_llasa import build_llasa
+
+    xcodec2_hf_model.save_pretrained(tmp_path / "xcodec2")
+    monkeypatch.setenv("SPADE_XCODEC2", str(tmp_path / "xcodec2"))
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})
+    ckpt = build_llasa(tmp_path / "ckpt") or tmp_path / "ckpt"
+    got = run_speech_chain(tmp_path / "chain", ckpt, "llasa", max_new_tokens=25)  # 0.5 s at 50 codes a second
+    assert got["eval"]["models"][0]["audio_seconds"] > 0

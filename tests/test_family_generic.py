@@ -94,5 +94,5 @@ def test_generic_speech_chain_wli_eval_compress(tmp_path):
     WLI, eval and compress from an audio manifest like any other."""
     yaml_text = YAML.replace('decode: "numpy:asarray"', 'encode: "kmeans_codec:encode"\ndecode: "kmeans_codec:decode"')
     ckpt = build_generic(tmp_path / "ckpt", yaml_text=yaml_text)
-    got = run_speech_chain(tmp_path, ckpt, "generic", max_new_tokens=40, min_new_tokens=40)
+    got = run_speech_chain(tmp_path, ckpt, "generic", max_new_tokens=40)
     assert got["eval"]["models"][0]["audio_seconds"] > 0

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from family_chain import QWEN2_SPECIALS, save_tiny_qwen2, word_level_tokenizer
+from spade_tts.families import codec_hooks
 
 VOCAB = 166000
 CONTROLS = ["<|task_tts|>", "<|start_content|>", "<|end_content|>", "<|start_global_token|>", "<|end_global_token|>",
@@ -118,16 +119,17 @@ def fake_sparktts(monkeypatch, spark, calls):
             # SparkTTS.inference passes global (1, 32) and semantic (1, T); detokenize adds the middle axis itself
             assert global_tokens.shape == (1, 32) and semantic_tokens.dim() == 2 and semantic_tokens.shape[0] == 1
             calls.append(("detokenize", global_tokens.flatten().tolist(), semantic_tokens.flatten().tolist()))
-            return np.zeros(semantic_tokens.shape[1] * 320, dtype=np.float32)
+            # 20 ms of a tone per token whose pitch follows the token, so different tokens sound different
+            t = np.arange(320) / 16000
+            return np.concatenate([0.3 * np.sin(2 * np.pi * (100 + int(k) % 700) * t)
+                                   for k in semantic_tokens.flatten()]).astype(np.float32)
 
     mod = types.ModuleType("sparktts.models.audio_tokenizer")
     mod.BiCodecTokenizer = BiCodecTokenizer
     pkgs = [(name, types.ModuleType(name)) for name in ("sparktts", "sparktts.models")]
     for name, m in pkgs + [("sparktts.models.audio_tokenizer", mod)]:
         monkeypatch.setitem(sys.modules, name, m)
-    for klass in type(spark).__mro__:
-        if "_codec" in vars(klass):
-            monkeypatch.setattr(klass, "_codec", None)
+    monkeypatch.setattr(codec_hooks, "_LOADED", {})  # no codec loaded by an earlier test
 
 
 def test_codec_hooks_with_upstream_bicodec(spark, root, monkeypatch):
@@ -141,3 +143,16 @@ def test_codec_hooks_with_upstream_bicodec(spark, root, monkeypatch):
     audio, sr = spark.decode_audio(codes)
     assert sr == 16000 and audio.shape == (50 * 320,)
     assert calls[-1] == ("detokenize", list(range(32)), s.tolist())
+
+
+def test_spark_tts_speech_chain_through_a_bicodec_stand_in(tmp_path, monkeypatch):
+    """`spade score/prune/compress --model CKPT --data M` on Spark-TTS, BiCodec being a stand-in with upstream's
+    signature (upstream's `sparktts` code is not on PyPI); the pruned and distilled LLM/ folders find the
+    checkpoint root's BiCodec through SPADE_SPARK_ROOT."""
+    from family_chain import run_speech_chain
+
+    fake_sparktts(monkeypatch, None, [])
+    ckpt = build_spark_root(tmp_path / "Spark-TTS-0.5B")
+    monkeypatch.setenv("SPADE_SPARK_ROOT", str(ckpt))
+    got = run_speech_chain(tmp_path / "chain", ckpt, "spark-tts", max_new_tokens=25)  # 0.5 s at 50 tokens a second
+    assert got["eval"]["models"][0]["audio_seconds"] > 0

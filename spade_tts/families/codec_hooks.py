@@ -38,6 +38,17 @@ def load_codec(load, source: str, env: str, family: str, what: str):
                                 f"copy of {what}") from e
 
 
+_LOADED: dict[tuple, object] = {}
+
+
+def cached(key: tuple, load):
+    """``load()`` once per ``key`` (family, where the weights came from): codec weights are large and every
+    adapter of a family shares them, but another source (``SPADE_SNAC`` set elsewhere) is another codec."""
+    if key not in _LOADED:
+        _LOADED[key] = load()
+    return _LOADED[key]
+
+
 def load_callable(spec: str):
     """``'package.module:function'`` -> the function (the generic family's encode/decode hooks)."""
     if not isinstance(spec, str) or ":" not in spec:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from spade_tts.families.base import GenerationConfig, SpeechLayout, SpeechLM
-from spade_tts.families.codec_hooks import require
+from spade_tts.families.codec_hooks import cached, require
 from spade_tts.families.hf import link_or_copy, load_tokenizer, read_config, resolve_dtype
 
 SPEECH_TOKENS = 6561  # speech_token_size; token 6561 ends the speech, 6562/6563 are bistream fillers
@@ -225,8 +225,6 @@ class CosyVoice2SpeechLM(SpeechLM):
 
 
     # -- codec (speech tokenizer, flow and HiFT of the user's CosyVoice install) ----------------------------
-    _frontend = None
-    _s3 = None
     #: an already-built upstream ``CosyVoice2`` (frontend + flow + HiFT) for the codec hooks to use instead of
     #: loading one from the checkpoint
     codec_model = None
@@ -237,13 +235,12 @@ class CosyVoice2SpeechLM(SpeechLM):
     def cosyvoice(self):
         if self.codec_model is not None:
             return self.codec_model
-        if CosyVoice2SpeechLM._frontend is None:
-            mod = require("cosyvoice.cli.cosyvoice", "cosyvoice", "CosyVoice 2 (speech tokenizer, flow, HiFT)",
-                          purpose="encode and decode speech tokens (clone github.com/FunAudioLLM/CosyVoice and put "
-                                  "it on PYTHONPATH; for speech tokens alone, pip install s3tokenizer reads the "
-                                  f"checkpoint's {S3_ONNX})")
-            CosyVoice2SpeechLM._frontend = mod.CosyVoice2(os.environ.get("SPADE_COSYVOICE_ROOT", str(self.path)))
-        return CosyVoice2SpeechLM._frontend
+        mod = require("cosyvoice.cli.cosyvoice", "cosyvoice", "CosyVoice 2 (speech tokenizer, flow, HiFT)",
+                      purpose="encode and decode speech tokens (clone github.com/FunAudioLLM/CosyVoice and put "
+                              "it on PYTHONPATH; for speech tokens alone, pip install s3tokenizer reads the "
+                              f"checkpoint's {S3_ONNX})")
+        root = os.environ.get("SPADE_COSYVOICE_ROOT", str(self.path))
+        return cached(("cosyvoice2", root), lambda: mod.CosyVoice2(root))
 
     def _onnx_speech_tokenizer(self):
         """s3tokenizer's S3TokenizerV2 loaded from the checkpoint's speech_tokenizer_v2.onnx (the file upstream's
@@ -253,13 +250,14 @@ class CosyVoice2SpeechLM(SpeechLM):
         onnx = Path(os.environ.get("SPADE_COSYVOICE_ROOT", str(self.path))) / S3_ONNX
         if not onnx.is_file() or importlib.util.find_spec("s3tokenizer") is None:
             return None
-        if CosyVoice2SpeechLM._s3 is None:
+        def build():
             import s3tokenizer
 
             tokenizer = s3tokenizer.S3TokenizerV2("speech_tokenizer_v2_25hz")
             tokenizer.init_from_onnx(str(onnx))
-            CosyVoice2SpeechLM._s3 = tokenizer.eval()
-        return CosyVoice2SpeechLM._s3
+            return tokenizer.eval()
+
+        return cached(("cosyvoice2-s3", str(onnx)), build)
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Speech tokens of ``audio`` (25 a second). Upstream's frontend (``codec_model`` or the ``cosyvoice``

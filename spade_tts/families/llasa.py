@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from spade_tts.families.base import SpeechLayout
-from spade_tts.families.codec_hooks import codec_weights, load_codec, require
+from spade_tts.families.codec_hooks import cached, codec_weights, load_codec, require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
 NUM_CODES = 65536
@@ -104,7 +104,6 @@ class LlasaSpeechLM(HFSpeechLM):
 
 
     # -- codec ----------------------------------------------------------------------------------------------
-    _codec = None
     #: an already-built X-codec2 for the codec hooks to use instead of loading weights: the ``xcodec2`` package's
     #: ``XCodec2Model`` or transformers' ``Xcodec2Model`` (random-init ones in the tests, or one the caller loaded)
     codec_model = None
@@ -116,9 +115,10 @@ class LlasaSpeechLM(HFSpeechLM):
         facebook/w2v-bert-2.0 (its semantic encoder) from the HF cache."""
         if self.codec_model is not None:
             return self.codec_model
-        if LlasaSpeechLM._codec is None:
-            what = "an X-codec2 folder (HKUSTAudio/xcodec2, or xcodec2-hf for transformers)"
-            source = codec_weights("SPADE_XCODEC2", XCODEC2_REPO, "LLaSA", what)
+        what = "an X-codec2 folder (HKUSTAudio/xcodec2, or xcodec2-hf for transformers)"
+        source = codec_weights("SPADE_XCODEC2", XCODEC2_REPO, "LLaSA", what)
+
+        def build():
             if read_config(Path(source)).get("model_type") == "xcodec2":
                 transformers = require("transformers", "transformers", "LLaSA (X-codec2, transformers format)")
                 if not hasattr(transformers, "Xcodec2Model"):
@@ -127,9 +127,9 @@ class LlasaSpeechLM(HFSpeechLM):
                 load = transformers.Xcodec2Model.from_pretrained
             else:
                 load = require("xcodec2.modeling_xcodec2", "xcodec2", "LLaSA (X-codec2)").XCodec2Model.from_pretrained
-            LlasaSpeechLM._codec = load_codec(lambda s: load(s).eval(), source, "SPADE_XCODEC2", "LLaSA (X-codec2)",
-                                              what)
-        return LlasaSpeechLM._codec
+            return load_codec(lambda s: load(s).eval(), source, "SPADE_XCODEC2", "LLaSA (X-codec2)", what)
+
+        return cached(("llasa", source), build)
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """16 kHz mono -> X-codec2's codes, one per 320 samples: both implementations pad the clip to the next whole

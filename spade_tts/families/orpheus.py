@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from spade_tts.families.base import SpeechLayout, Utterance
-from spade_tts.families.codec_hooks import codec_weights, load_codec, require
+from spade_tts.families.codec_hooks import cached, codec_weights, load_codec, require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
 TEXT_VOCAB = 128256
@@ -131,7 +131,6 @@ class OrpheusSpeechLM(HFSpeechLM):
         return rng.integers(0, CODEBOOK, size=(frames, FRAME))
 
     # -- codec ----------------------------------------------------------------------------------------------
-    _codec = None
     #: an already-built ``snac.SNAC`` for the codec hooks to use instead of loading weights (a random-init one in
     #: the tests, or one the caller loaded itself)
     codec_model = None
@@ -141,13 +140,11 @@ class OrpheusSpeechLM(HFSpeechLM):
         snac_24khz folder) or hubertsiuzdak/snac_24khz."""
         if self.codec_model is not None:
             return self.codec_model
-        if OrpheusSpeechLM._codec is None:
-            what = "the snac_24khz folder (config.json + pytorch_model.bin)"
-            source = codec_weights("SPADE_SNAC", SNAC_REPO, "Orpheus", what)
-            snac = require("snac", "snac", "Orpheus (SNAC 24 kHz)")
-            OrpheusSpeechLM._codec = load_codec(lambda s: snac.SNAC.from_pretrained(s).eval(), source, "SPADE_SNAC",
-                                                "Orpheus (SNAC 24 kHz)", what)
-        return OrpheusSpeechLM._codec
+        what = "the snac_24khz folder (config.json + pytorch_model.bin)"
+        source = codec_weights("SPADE_SNAC", SNAC_REPO, "Orpheus", what)
+        snac = require("snac", "snac", "Orpheus (SNAC 24 kHz)")
+        return cached(("orpheus", source), lambda: load_codec(lambda s: snac.SNAC.from_pretrained(s).eval(), source,
+                                                              "SPADE_SNAC", "Orpheus (SNAC 24 kHz)", what))
 
     @staticmethod
     def _check_codec(codec):

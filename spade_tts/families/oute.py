@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from spade_tts.families.base import GenerationConfig, SpeechLayout, Utterance, Word
-from spade_tts.families.codec_hooks import codec_weights, load_codec, require
+from spade_tts.families.codec_hooks import cached, codec_weights, load_codec, require
 from spade_tts.families.hf import HFSpeechLM, read_config, tokenizer_vocab
 
 CODEBOOK = 1024
@@ -512,7 +512,6 @@ class OuteSpeechLM(HFSpeechLM):
         return rng.integers(0, CODEBOOK, size=(2, frames))
 
     # -- codec ----------------------------------------------------------------------------------------------
-    _codec = None
     #: an already-built ``dac.DAC`` for the codec hooks to use instead of loading weights (a random-init one in the
     #: tests, or one the caller loaded itself)
     codec_model = None
@@ -522,17 +521,15 @@ class OuteSpeechLM(HFSpeechLM):
         (the local .pth file) or the HF cache."""
         if self.codec_model is not None:
             return self.codec_model
-        if OuteSpeechLM._codec is None:
-            what = f"{DAC_FILE} (from {DAC_REPO})"
-            path = codec_weights("SPADE_DAC", DAC_REPO, "OuteTTS", what)
-            dac = require("dac", "descript-audio-codec", "OuteTTS (DAC 24 kHz)")
-            if path == DAC_REPO:
-                hub = require("huggingface_hub", "huggingface_hub", "OuteTTS (DAC.speech.v1.0 weights)",
-                              purpose=f"find {DAC_REPO}/{DAC_FILE} (or set SPADE_DAC to that file)")
-                path = load_codec(lambda _: hub.hf_hub_download(repo_id=DAC_REPO, filename=DAC_FILE), DAC_REPO,
-                                  "SPADE_DAC", "OuteTTS (DAC 24 kHz)", what)
-            OuteSpeechLM._codec = dac.DAC.load(str(path)).eval()
-        return OuteSpeechLM._codec
+        what = f"{DAC_FILE} (from {DAC_REPO})"
+        path = codec_weights("SPADE_DAC", DAC_REPO, "OuteTTS", what)
+        dac = require("dac", "descript-audio-codec", "OuteTTS (DAC 24 kHz)")
+        if path == DAC_REPO:
+            hub = require("huggingface_hub", "huggingface_hub", "OuteTTS (DAC.speech.v1.0 weights)",
+                          purpose=f"find {DAC_REPO}/{DAC_FILE} (or set SPADE_DAC to that file)")
+            path = load_codec(lambda _: hub.hf_hub_download(repo_id=DAC_REPO, filename=DAC_FILE), DAC_REPO,
+                              "SPADE_DAC", "OuteTTS (DAC 24 kHz)", what)
+        return cached(("outetts", str(path)), lambda: dac.DAC.load(str(path)).eval())
 
     @staticmethod
     def _check_codec(codec):

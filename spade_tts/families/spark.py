@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from spade_tts.families.base import SpeechLayout, Utterance
-from spade_tts.families.codec_hooks import require
+from spade_tts.families.codec_hooks import cached, require
 from spade_tts.families.hf import link_or_copy, HFSpeechLM, read_config, tokenizer_vocab
 
 SEMANTIC_CODES, GLOBAL_CODES, GLOBAL_LEN = 8192, 4096, 32
@@ -211,7 +211,6 @@ class SparkSpeechLM(HFSpeechLM):
         return pack_codes(rng.integers(0, GLOBAL_CODES, GLOBAL_LEN), rng.integers(0, SEMANTIC_CODES, frames))
 
     # -- codec ----------------------------------------------------------------------------------------------
-    _codec = None
     #: an already-built upstream ``BiCodecTokenizer`` (or one with its ``tokenize``/``detokenize``) for the codec
     #: hooks to use instead of loading the checkpoint's BiCodec
     codec_model = None
@@ -232,13 +231,12 @@ class SparkSpeechLM(HFSpeechLM):
         loaded once from the checkpoint root."""
         if self.codec_model is not None:
             return self.codec_model
-        if SparkSpeechLM._codec is None:
-            mod = require("sparktts.models.audio_tokenizer", "sparktts", "Spark-TTS (BiCodec)",
-                          purpose="encode and decode BiCodec tokens (clone github.com/SparkAudio/Spark-TTS and "
-                                  "put it on PYTHONPATH)")
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            SparkSpeechLM._codec = mod.BiCodecTokenizer(self.codec_root(), device=torch.device(device))
-        return SparkSpeechLM._codec
+        mod = require("sparktts.models.audio_tokenizer", "sparktts", "Spark-TTS (BiCodec)",
+                      purpose="encode and decode BiCodec tokens (clone github.com/SparkAudio/Spark-TTS and "
+                              "put it on PYTHONPATH)")
+        root = self.codec_root()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cached(("spark-tts", str(root)), lambda: mod.BiCodecTokenizer(root, device=torch.device(device)))
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         from spade_tts.audio import resample, save_wav, to_mono
