@@ -16,7 +16,7 @@
 # reassemble with `cat distill_final.tar.part-* | tar x`: final/ and best/, the held-out minimum).
 # The distill mode needs, carried: .whl runs/pruned data/distill/reference-f0.05-s0-f64305ec and
 # data/distill/reference-heldout-f0.2-s0-a5bcb14a, made here by
-#   python3 -c "from spade_tts.distill.data import build_reference_dataset as b; \
+#   python3 -c "from spade_tts.reference.distill_data import build_reference_dataset as b; \
 #     print(b('data/reference_tokens', 'data/distill', 0.2, 0, 1, 4.0, 7.5, split='heldout'))"
 # (20 % of the held-out utterances: with the tracked tree, all of it stays under the 64 MiB transfer limit).
 set -uo pipefail

@@ -316,6 +316,7 @@ def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = No
     compressed = tmp_path / "compress"
     pruned = prune_checkpoint(PruneConfig(model=str(model), scores=str(tmp_path / "score" / "scores.json"),
                                           out=str(compressed / "pruned"), ratio=0.5, **fam))
+    assert len(json.loads((pruned / "spade_pruning.json").read_text())["kept"]) == depth // 2
     shutil.copytree(tmp_path / "score", compressed / "score")  # compress picks both up, as after an interruption
 
     # 3. the whole method in one command (the CLI, --quick's small settings on your manifest): it distills the

@@ -1,12 +1,11 @@
 """The committed reference model: loads as a plain HF checkpoint and follows its prompt's voice."""
 import numpy as np
-import pytest
 from transformers import AutoModelForCausalLM
 
 from spade_tts.audio import to_mono_16k
 from spade_tts.data.voices import synthesize
 from spade_tts.families import BUILTIN_MODEL
-from spade_tts.families.builtin import BuiltinTTS
+from spade_tts.families.builtin import BuiltinSpeechLM
 from spade_tts.families.registry import load_speech_lm
 from spade_tts.scoring import get_speaker_encoder
 from spade_tts.synthesis import synthesize as speak
@@ -16,7 +15,7 @@ def test_builtin_weights_load_with_auto_class():
     model = AutoModelForCausalLM.from_pretrained(BUILTIN_MODEL)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 12
     tts = load_speech_lm()  # no model named: the built-in one, as the builtin family
-    assert isinstance(tts, BuiltinTTS) and model.config.vocab_size == tts.vocab.size == tts.vocab_size
+    assert isinstance(tts, BuiltinSpeechLM) and model.config.vocab_size == tts.vocab.size == tts.vocab_size
 
 
 def test_builtin_model_speaks_in_the_prompt_voice():

@@ -122,7 +122,6 @@ def test_orpheus_loads_a_local_snac_folder(orpheus, snac_model, speech, tmp_path
     """The users' path: SPADE_SNAC names a snac_24khz folder, read by snac's own from_pretrained."""
     import json
 
-    from spade_tts.families.orpheus import OrpheusSpeechLM
 
     (tmp_path / "config.json").write_text(json.dumps(SNAC_24KHZ))
     torch.save(snac_model.state_dict(), tmp_path / "pytorch_model.bin")
@@ -141,7 +140,7 @@ def test_orpheus_loads_a_local_snac_folder(orpheus, snac_model, speech, tmp_path
 # -- OuteTTS 1.0: DAC 24 kHz -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def oute(tmp_path_factory):
-    return load_family(tmp_path_factory, "test_family_oute", "build_oute", "outetts")
+    return load_family(tmp_path_factory, "test_family_outetts_chain", "build_oute", "outetts")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +152,7 @@ def dac_model():
 
 
 def test_outetts_hooks_through_dac(oute, dac_model, speech):
-    from spade_tts.families.oute import PEAK_DBFS
+    from spade_tts.families.outetts import PEAK_DBFS
 
     oute.codec_model = dac_model
     audio, sr = speech
@@ -180,7 +179,6 @@ def test_outetts_hooks_through_dac(oute, dac_model, speech):
 
 def test_outetts_loads_a_local_dac_file(oute, dac_model, speech, tmp_path, monkeypatch):
     """The users' path: SPADE_DAC names the .pth file, read by DAC.load (its constructor arguments ride along)."""
-    from spade_tts.families.oute import OuteSpeechLM
 
     dac_model.save(str(tmp_path / "weights.pth"), package=False)  # weights + constructor arguments, as DAC ships
     monkeypatch.setattr(codec_hooks, "_LOADED", {})
@@ -278,7 +276,6 @@ def test_llasa_hooks_through_xcodec2(llasa, codec, speech, request):
 
 def test_llasa_loads_a_local_xcodec2_hf_folder(llasa, xcodec2_hf_model, speech, tmp_path, monkeypatch):
     """The users' path for the transformers format: SPADE_XCODEC2 names the folder, read by Xcodec2Model."""
-    from spade_tts.families.llasa import LlasaSpeechLM
 
     xcodec2_hf_model.save_pretrained(tmp_path)
     monkeypatch.setattr(codec_hooks, "_LOADED", {})
@@ -295,7 +292,7 @@ def test_llasa_loads_a_local_xcodec2_hf_folder(llasa, xcodec2_hf_model, speech, 
 # -- CosyVoice 2: the S3 speech tokenizer (v2, 25 Hz, 6561 codes) ----------------------------------------------
 @pytest.fixture(scope="module")
 def cosyvoice(tmp_path_factory):
-    return load_family(tmp_path_factory, "test_family_cosyvoice", "build_cosyvoice", "cosyvoice2")
+    return load_family(tmp_path_factory, "test_family_cosyvoice2_chain", "build_cosyvoice", "cosyvoice2")
 
 
 def test_cosyvoice2_speech_tokens_through_s3tokenizer(cosyvoice, speech):
@@ -375,7 +372,7 @@ def test_orpheus_speech_chain_through_snac(snac_model, tmp_path, monkeypatch):
 def test_outetts_speech_chain_through_dac(dac_model, tmp_path, monkeypatch):
     """The same on OuteTTS 1.0, DAC loaded from a local .pth (SPADE_DAC) by the family's own loading code."""
     from family_chain import run_speech_chain
-    from test_family_oute import build_oute
+    from test_family_outetts_chain import build_oute
 
     dac_model.save(str(tmp_path / "dac.pth"), package=False)
     monkeypatch.setenv("SPADE_DAC", str(tmp_path / "dac.pth"))

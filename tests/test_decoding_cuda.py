@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spade_tts.decoding import StaticDecoder, generate_greedy
-from tests.test_static_decoder import ARCHS, hf_logits, make_model, padded_batch, static_logits
+from test_static_decoder import ARCHS, hf_logits, make_model, padded_batch, static_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (CUDA graphs); run on a GPU machine")
@@ -87,9 +87,9 @@ def test_trimmed_head_in_bfloat16_on_the_gpu():
 def test_reference_synthesis_on_the_gpu_speaks_like_hf_forward():
     from builtin_helpers import phone_forced
 
-    from spade_tts.families.builtin import BuiltinTTS
+    from spade_tts.families.builtin import BuiltinSpeechLM
 
-    tts = BuiltinTTS.from_pretrained(device="cuda")
+    tts = BuiltinSpeechLM.from_pretrained(device="cuda")
     v = tts.vocab
     targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"])]
     prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), targets[0], [100, 200, 300]),

@@ -186,7 +186,7 @@ def test_repetition_aware_sampling_redraws_only_repeats():
 
 
 def test_cosyvoice2_defaults_are_upstreams_sampling():
-    from spade_tts.families.cosyvoice import CosyVoice2SpeechLM
+    from spade_tts.families.cosyvoice2 import CosyVoice2SpeechLM
 
     cfg = CosyVoice2SpeechLM.generation_defaults(object.__new__(CosyVoice2SpeechLM), seed=3)
     assert (cfg.top_p, cfg.top_k, cfg.ras_window, cfg.ras_tau, cfg.temperature, cfg.seed) == (0.8, 25, 10, 0.1, 1.0, 3)

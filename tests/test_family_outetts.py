@@ -222,7 +222,7 @@ def test_missing_word_timings_is_one_clear_error(oute, tmp_path):
 
 def test_word_frames_cut_as_upstream():
     from spade_tts.families.base import Word
-    from spade_tts.families.oute import word_frames
+    from spade_tts.families.outetts import word_frames
 
     timings = [("a", 0.5, 0.8), ("b", 0.9, 1.2), ("c", 1.3, 1.5)]
     up = upstream_words([(w, s, e, {}) for w, s, e in timings], list(range(200)), list(range(200)))
@@ -235,7 +235,7 @@ def test_word_frames_cut_as_upstream():
 # -- features ------------------------------------------------------------------------------------------------
 def test_audio_features_of_a_tone():
     """A 200 Hz tone of amplitude 0.5 at 24 kHz: RMS 0.354 -> 35; centroid 200/12000 -> 2; pitch (200-75)/525 -> 24."""
-    from spade_tts.families.oute import audio_features
+    from spade_tts.families.outetts import audio_features
 
     sr = 24000
     t = np.arange(sr // 2) / sr
@@ -250,7 +250,7 @@ def test_audio_features_of_a_tone():
 
 
 def test_audio_features_of_silence_and_noise():
-    from spade_tts.families.oute import audio_features
+    from spade_tts.families.outetts import audio_features
 
     assert audio_features(np.zeros(0), 24000) == {"energy": 0, "spectral_centroid": 0, "pitch": 0}
     silent = audio_features(np.zeros(4800), 24000)
@@ -266,7 +266,7 @@ def test_data_hook_computes_features_from_audio(oute, tmp_path):
     import soundfile as sf
 
     from spade_tts.families.data import load_utterances
-    from spade_tts.families.oute import audio_features
+    from spade_tts.families.outetts import audio_features
 
     sr = 24000
     t = np.arange(sr) / sr
@@ -300,7 +300,7 @@ def test_codes_only_rows_warn_that_features_are_defaults(oute, tmp_path):
 
 
 def test_text_normalized_as_upstream():
-    from spade_tts.families.oute import normalize_text
+    from spade_tts.families.outetts import normalize_text
 
     assert normalize_text("  \u201cHello ,world\u201d  ") == "Hello, world"
     assert normalize_text("can \u2019t stop!!! Wait\u2026 now") == "can't stop! Wait... now"
@@ -415,11 +415,11 @@ def test_generation_defaults_are_upstreams_sampler(oute):
 def test_generate_without_config_uses_the_family_defaults(oute, monkeypatch):
     from spade_tts.families import generate
 
-    from spade_tts.families.oute import OuteSpeechLM
+    from spade_tts.families.outetts import OuteTTSSpeechLM
 
     seen = []
     real = generate._pick
-    monkeypatch.setattr(oute, "generation_defaults", lambda **kw: OuteSpeechLM.generation_defaults(oute, max_new_tokens=3))
+    monkeypatch.setattr(oute, "generation_defaults", lambda **kw: OuteTTSSpeechLM.generation_defaults(oute, max_new_tokens=3))
     monkeypatch.setattr(generate, "_pick", lambda logits, cfg, gen: seen.append(cfg) or real(logits, cfg, gen))
     with pytest.warns(UserWarning, match="max_new_tokens"):
         generate.generate_ids(oute, [oute.prompt_ids("hello there")], None)

@@ -15,7 +15,7 @@ from transformers import LlamaForCausalLM
 
 import spade_tts.synthesis as synthesis
 from spade_tts.evaluation.items import heldout_eval_items
-from spade_tts.families.builtin import BuiltinTTS
+from spade_tts.families.builtin import BuiltinSpeechLM
 from spade_tts.importance.layer_importance import (ScoreConfig, iterative_removal, proxy_sequences, rank_correlation,
                                                   score_layers, wli_stability)
 from spade_tts.importance.teacher_forced import block_similarity, sequence_batch, speech_loss
@@ -115,7 +115,7 @@ def test_a_finished_score_run_is_not_redone_and_a_lost_layer_is(scored, monkeypa
 
 def test_hooked_block_influence_matches_hidden_states(tiny_reference, tiny_corpus):
     corpus, _, _ = tiny_corpus
-    tts = BuiltinTTS.from_pretrained(tiny_reference)
+    tts = BuiltinSpeechLM.from_pretrained(tiny_reference)
     items = heldout_eval_items(corpus, 1, 4.0, 0)
     batch = sequence_batch(proxy_sequences(tts, ScoreConfig(), items), tts.pad_id)
     got = block_similarity(tts.lm, tts.lm.model.layers, batch, chunk=1)
@@ -129,7 +129,7 @@ def test_hooked_block_influence_matches_hidden_states(tiny_reference, tiny_corpu
 
 def test_speech_loss_of_length_sorted_cut_chunks_equals_one_padded_forward(tiny_reference, tiny_corpus):
     corpus, _, _ = tiny_corpus
-    tts = BuiltinTTS.from_pretrained(tiny_reference)
+    tts = BuiltinSpeechLM.from_pretrained(tiny_reference)
     batch = sequence_batch(proxy_sequences(tts, ScoreConfig(), heldout_eval_items(corpus, 2, 4.0, 0)), tts.pad_id)
     lengths = batch.attention_mask.sum(1)
     assert lengths.min() < lengths.max()  # the cut has padding to remove
@@ -148,7 +148,7 @@ def test_teacher_forced_sequences_are_the_built_in_training_layout(tiny_referenc
     from spade_tts.reference.vocab import frames_per_phone
 
     corpus, _, _ = tiny_corpus
-    tts = BuiltinTTS.from_pretrained(tiny_reference)
+    tts = BuiltinSpeechLM.from_pretrained(tiny_reference)
     items = heldout_eval_items(corpus, 1, 4.0, 0)
     for it, (ids, loss_from) in zip(items, proxy_sequences(tts, ScoreConfig(), items)):
         v, codec = tts.vocab, tts.codec
@@ -168,7 +168,7 @@ def test_builtin_wli_synthesis_equals_the_implementation_it_replaced(scored):
     from spade_tts.pruning.layers import skip_layers
 
     cfg, _ = scored
-    tts = BuiltinTTS.from_pretrained(cfg.model)
+    tts = BuiltinSpeechLM.from_pretrained(cfg.model)
     v, codec = tts.vocab, tts.codec
     items = heldout_eval_items(cfg.corpus_dir, cfg.items_per_speaker, cfg.max_prompt_seconds, cfg.seed)
     prompts, targets, caps = [], [], []

@@ -8,7 +8,7 @@ from transformers import LlamaForCausalLM
 
 from spade_tts.audio import load_audio
 from spade_tts.data.build import read_jsonl
-from spade_tts.families.builtin import BuiltinTTS
+from spade_tts.families.builtin import BuiltinSpeechLM
 from spade_tts.reference.dataset import PairSampler, TokenStore
 from spade_tts.reference.train import ReferenceTrainConfig, train_reference
 from spade_tts.reference.vocab import Vocab, frames_per_phone
@@ -104,7 +104,7 @@ def test_best_folder_holds_the_weights_of_the_lowest_heldout_loss(trained, tiny_
 def test_synthesis_batched_equals_single_and_guards(trained, tiny_corpus):
     _, export = trained
     corpus, _, _ = tiny_corpus
-    tts = BuiltinTTS.from_pretrained(export)
+    tts = BuiltinSpeechLM.from_pretrained(export)
     row = read_jsonl(corpus / "manifests" / "heldout.jsonl")[0]
     prompt = load_audio(corpus / row["audio"])
     # any_move_on=False: an untrained tiny model would otherwise end every phone at once (empty output).
@@ -133,7 +133,7 @@ def test_synthesis_batched_equals_single_and_guards(trained, tiny_corpus):
 
 def test_every_target_phone_is_read_in_order(trained):
     _, export = trained
-    tts = BuiltinTTS.from_pretrained(export)
+    tts = BuiltinSpeechLM.from_pretrained(export)
     v = tts.vocab
     target = v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"])
     prompt = v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), target, [1, 2, 3])
@@ -155,7 +155,7 @@ def test_every_target_phone_is_read_in_order(trained):
 def test_static_decoder_speaks_exactly_like_hf_forward(trained, temperature):
     """The fast path (preallocated cache, trimmed head) must not change a single code, batched or not."""
     _, export = trained
-    tts = BuiltinTTS.from_pretrained(export)
+    tts = BuiltinSpeechLM.from_pretrained(export)
     v = tts.vocab
     targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"])]
     prompts = [v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), targets[0], [1, 2, 3]),
@@ -173,7 +173,7 @@ def test_static_decoder_speaks_exactly_like_hf_forward(trained, temperature):
 
 def test_missing_model_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        BuiltinTTS.from_pretrained(tmp_path)
+        BuiltinSpeechLM.from_pretrained(tmp_path)
 
 
 def test_eval_items_pair_each_target_with_another_utterance_of_its_speaker(tiny_corpus):
@@ -193,7 +193,7 @@ def test_eval_items_pair_each_target_with_another_utterance_of_its_speaker(tiny_
 def test_sampled_items_do_not_depend_on_their_batch(trained):
     """Each item owns its random stream: batched (with rows leaving as they end) == one by one."""
     _, export = trained
-    tts = BuiltinTTS.from_pretrained(export)
+    tts = BuiltinSpeechLM.from_pretrained(export)
     v = tts.vocab
     targets = [v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"]), v.phone_ids(["pau", "k", "ae", "t", "pau"]),
                v.phone_ids(["pau", "s", "iy", "pau"])]
@@ -210,7 +210,7 @@ def test_sampled_items_do_not_depend_on_their_batch(trained):
 
 def test_length_ratio_cuts_a_runaway_item(trained):
     _, export = trained
-    tts = BuiltinTTS.from_pretrained(export)
+    tts = BuiltinSpeechLM.from_pretrained(export)
     v = tts.vocab
     target = v.phone_ids(["pau", "hh", "ah", "l", "ow", "pau"])
     prompt = v.prompt_ids(v.phone_ids(["pau", "ah", "pau"]), target, [1, 2, 3])

@@ -19,10 +19,8 @@ batches it would have read, and any number of processes splits each global batch
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 

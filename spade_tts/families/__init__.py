@@ -14,8 +14,8 @@ FAMILY_MODULES = {
     "builtin": "spade_tts.families.builtin",
     "llasa": "spade_tts.families.llasa",
     "orpheus": "spade_tts.families.orpheus",
-    "outetts": "spade_tts.families.oute",
-    "spark-tts": "spade_tts.families.spark",
-    "cosyvoice2": "spade_tts.families.cosyvoice",
+    "outetts": "spade_tts.families.outetts",
+    "spark-tts": "spade_tts.families.spark_tts",
+    "cosyvoice2": "spade_tts.families.cosyvoice2",
     "generic": "spade_tts.families.generic",
 }

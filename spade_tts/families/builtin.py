@@ -96,7 +96,7 @@ class PhoneForcedSampler:
 
     independent_rows = True
 
-    def __init__(self, tts: "BuiltinTTS", requests: list[PhoneRequest], cfg: GenerationConfig, item_ids: list[int]):
+    def __init__(self, tts: "BuiltinSpeechLM", requests: list[PhoneRequest], cfg: GenerationConfig, item_ids: list[int]):
         vocab, tps = tts.vocab, tts.codec.config.tokens_per_second
         self.cfg, self.vocab = cfg, vocab
         self.rows = tts.layout.head_rows()  # speech_end, the phones, the speech codes: one contiguous block
@@ -156,7 +156,7 @@ class PhoneForcedSampler:
         return Generation(self.out[b], self.guard_hits[b], self.truncated[b])
 
 
-class BuiltinTTS(SpeechLM):
+class BuiltinSpeechLM(SpeechLM):
     """The built-in LLM-TTS: phones in, LLaSA-style speech tokens out, Griffin-Lim to audio (16 kHz)."""
 
     family = "builtin"
@@ -175,7 +175,7 @@ class BuiltinTTS(SpeechLM):
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype | str = "auto",
-                        device: str = "cpu") -> "BuiltinTTS":
+                        device: str = "cpu") -> "BuiltinSpeechLM":
         from transformers import LlamaForCausalLM
 
         from spade_tts.codec.tokenizer import SpeechTokenizer

@@ -3,7 +3,7 @@
 Made from the tokenized corpus (``data/reference_tokens``) exactly as the teacher's own trainer
 builds its pairs, but from a fixed random ``fraction`` of the teacher's training utterances
 (SPADE: under 5 %). It is built once, into a temporary folder renamed into place, and reused by
-every later run with the same settings. ``BuiltinTTS.distill_data`` hands it to `spade distill`.
+every later run with the same settings. ``BuiltinSpeechLM.distill_data`` hands it to `spade distill`.
 """
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def _llm_dir(path: Path) -> Path:
 
 
 
-class SparkSpeechLM(HFSpeechLM):
+class SparkTTSSpeechLM(HFSpeechLM):
     family = "spark-tts"
 
     @classmethod
@@ -132,7 +132,7 @@ class SparkSpeechLM(HFSpeechLM):
         return super().check_folder(_llm_dir(path))
 
     @classmethod
-    def from_pretrained(cls, path, dtype="auto", device: str = "cpu") -> "SparkSpeechLM":
+    def from_pretrained(cls, path, dtype="auto", device: str = "cpu") -> "SparkTTSSpeechLM":
         root = Path(path)
         speech = super().from_pretrained(root, dtype=dtype, device=device)
         speech.root = root if _llm_dir(root) != root else None  # a full checkpoint (LLM/ + BiCodec/ ...)
@@ -168,7 +168,7 @@ class SparkSpeechLM(HFSpeechLM):
         g, s = unpack_codes(prompt_codes)
         if g is None:
             raise ValueError(f"Spark-TTS prompt codes need the {GLOBAL_LEN} BiCodec global codes first (8192+g; "
-                             "see spade_tts.families.spark.pack_codes)")
+                             "see spade_tts.families.spark_tts.pack_codes)")
         i = self.ids
         ids = [i[TASK_TTS], i[START_CONTENT]] + self._text(prompt_text + text) + [i[END_CONTENT], i[START_GLOBAL]]
         ids += (g + i[global_token(0)]).tolist() + [i[END_GLOBAL]]

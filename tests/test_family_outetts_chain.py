@@ -55,14 +55,14 @@ def test_detection_and_layout(oute, oute_dir, tmp_path):
     from test_family_llasa import build_llasa
     from test_family_orpheus import build_orpheus
 
-    from spade_tts.families.oute import OuteSpeechLM
+    from spade_tts.families.outetts import OuteTTSSpeechLM
     from spade_tts.families.registry import matching_families
 
     assert matching_families(oute_dir) == ["outetts"]
     assert oute.layout.speech_start == C1 and oute.layout.speech_end == C1 + 2048
     assert oute.layout.stop_ids == (AUDIO_END, IM_END)
-    assert not OuteSpeechLM.detect(build_orpheus(tmp_path / "orpheus"))
-    assert not OuteSpeechLM.detect(build_llasa(tmp_path / "llasa"))
+    assert not OuteTTSSpeechLM.detect(build_orpheus(tmp_path / "orpheus"))
+    assert not OuteTTSSpeechLM.detect(build_llasa(tmp_path / "llasa"))
 
 
 def timed(text, codes, feats=None):

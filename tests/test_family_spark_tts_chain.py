@@ -65,14 +65,14 @@ def test_not_detected_for_llasa_or_orpheus(tmp_path):
     from test_family_llasa import build_llasa
     from test_family_orpheus import build_orpheus
 
-    from spade_tts.families.spark import SparkSpeechLM
+    from spade_tts.families.spark_tts import SparkTTSSpeechLM
 
-    assert not SparkSpeechLM.detect(build_orpheus(tmp_path / "orpheus"))
-    assert not SparkSpeechLM.detect(build_llasa(tmp_path / "llasa"))
+    assert not SparkTTSSpeechLM.detect(build_orpheus(tmp_path / "orpheus"))
+    assert not SparkTTSSpeechLM.detect(build_llasa(tmp_path / "llasa"))
 
 
 def test_prompt_ids_equal_upstream_layout(spark):
-    from spade_tts.families.spark import pack_codes
+    from spade_tts.families.spark_tts import pack_codes
 
     w = spark.tokenizer.convert_tokens_to_ids
     g, s = np.arange(32) * 100, np.array([5, 8191, 0])
@@ -94,7 +94,7 @@ def test_prompt_ids_equal_upstream_layout(spark):
 
 def test_codes_round_trip_and_training_sequence(spark):
     from spade_tts.families.base import Utterance
-    from spade_tts.families.spark import pack_codes, unpack_codes
+    from spade_tts.families.spark_tts import pack_codes, unpack_codes
 
     rng = np.random.default_rng(0)
     codes = spark.random_codes(7, rng)
@@ -120,7 +120,7 @@ def test_codes_round_trip_and_training_sequence(spark):
 def test_generation_emits_semantic_only(spark):
     from spade_tts.families.base import GenerationConfig
     from spade_tts.families.generate import generate_ids
-    from spade_tts.families.spark import pack_codes
+    from spade_tts.families.spark_tts import pack_codes
 
     prompt = spark.prompt_ids("hello there", "good night", pack_codes(np.arange(32), [1, 2, 3]))
     new = generate_ids(spark, [prompt], GenerationConfig(temperature=1.0, top_p=1.0, seed=1, max_new_tokens=12,

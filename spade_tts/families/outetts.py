@@ -219,7 +219,7 @@ def spread_words(text: str, frames: int) -> list[tuple[str, int, int]]:
 _VALUE_CATS = (_T, _EN, _SC, _PI)
 
 
-class OuteSpeechLM(HFSpeechLM):
+class OuteTTSSpeechLM(HFSpeechLM):
     family = "outetts"
     uses_prompt = False  # upstream trains on single utterances (get_training_prompt); use_prompt=True for cloning
     wants_audio = True  # the feature tokens are computed from a row's audio even where it gives codes
@@ -284,7 +284,7 @@ class OuteSpeechLM(HFSpeechLM):
         return SpeechLayout(first, last + CODEBOOK, (ids[AUDIO_END], ids[IM_END]), tuple(extra))
 
     @classmethod
-    def from_pretrained(cls, path, dtype="auto", device: str = "cpu") -> "OuteSpeechLM":
+    def from_pretrained(cls, path, dtype="auto", device: str = "cpu") -> "OuteTTSSpeechLM":
         speech = super().from_pretrained(path, dtype=dtype, device=device)
         speech.ids = cls._ids(speech.tokenizer)
         speech.c1, speech.c2 = speech.ids[c1_token(0)], speech.ids[c2_token(0)]

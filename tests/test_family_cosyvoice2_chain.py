@@ -83,7 +83,7 @@ def test_detection(cv_dir, tmp_path):
     from test_family_llasa import build_llasa
     from test_family_orpheus import build_orpheus
 
-    from spade_tts.families.cosyvoice import CosyVoice2SpeechLM
+    from spade_tts.families.cosyvoice2 import CosyVoice2SpeechLM
     from spade_tts.families.registry import matching_families
 
     assert matching_families(cv_dir) == ["cosyvoice2"]
@@ -141,7 +141,7 @@ def test_codes_round_trip_and_generation(cv):
 def test_pruned_save_reload_keeps_depth_and_weights(cv, tmp_path):
     import json
 
-    from spade_tts.families.cosyvoice import CosyVoice2SpeechLM
+    from spade_tts.families.cosyvoice2 import CosyVoice2SpeechLM
     from spade_tts.pruning.layers import prune_layers
 
     pruned = CosyVoice2SpeechLM.from_pretrained(cv.path)
