@@ -17,11 +17,10 @@ PY=${PYTHON:-python3}
 # torch first, so that resolving the package never pulls a multi-GB CUDA build on a CPU machine.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e '.[test,codecs]'
-# The codec packages whose declared requirements could move torch (they ask for torchaudio; xcodec2 pins
-# torch==2.5.0) go in with --no-deps, pinned; what they import came with the `codecs` extra above. Only the
-# missing ones are installed, so a second run costs seconds. SPADE_CODECS=0 skips them.
-CODEC_PINS="torchaudio==2.11.1 descript-audiotools==0.7.2 descript-audio-codec==1.0.0 xcodec2==0.1.5
-            torchtune==0.6.1 s3tokenizer==0.3.0"
+# The codec packages whose declared requirements could move torch (they ask for torchaudio) go in with
+# --no-deps, pinned; what they import came with the `codecs` extra above. Only the missing ones are
+# installed, so a second run costs seconds. SPADE_CODECS=0 skips them.
+CODEC_PINS="torchaudio==2.11.1 descript-audiotools==0.7.2 descript-audio-codec==1.0.0 s3tokenizer==0.3.0"
 if [ "${SPADE_CODECS:-1}" != 0 ]; then
   missing=$($PY -c '
 import sys

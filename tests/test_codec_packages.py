@@ -3,10 +3,12 @@ constructor (no weights can be downloaded here), on real speech (flite).
 
 Per family: audio -> ``encode_audio`` -> codes -> ``codes_to_ids`` -> ``ids_to_codes`` -> ``decode_audio``, with
 the codec handed to the family as ``codec_model`` (CosyVoice 2: ``speech_tokenizer``); LLaSA runs both X-codec2
-implementations, the ``xcodec2`` package and transformers' ``Xcodec2Model``. Random weights make the sound
+implementations, transformers' ``Xcodec2Model`` and, where it is installed by hand (setup.sh leaves it out), the
+``xcodec2`` package. Random weights make the sound
 meaningless, so what is checked is what the family relies on: code shapes and ranges, ids inside the family's
 speech range, an exact ids -> codes round trip, and decoded audio that is finite, at the codec's sample rate, with
 the codec's samples per frame. setup.sh installs the packages; each test says what is missing when one is not.
+The last tests run the whole method (WLI, prune, compress with eval and a report) through each codec.
 
 Not here, because their code is not on PyPI: Spark-TTS' BiCodec (``sparktts``) and CosyVoice 2's flow + HiFT decoder
 (``cosyvoice``); tests/test_family_spark_tts.py and test_family_cosyvoice2.py run those hooks against stand-ins
@@ -33,14 +35,14 @@ DAC_SPEECH_SMALL = dict(encoder_dim=16, encoder_rates=[2, 4, 5, 8], decoder_dim=
                         n_codebooks=2, codebook_size=1024, codebook_dim=8, sample_rate=24000)
 
 
-def need(module: str, package: str):
+def need(module: str, package: str, install: str = "bash setup.sh installs it"):
     """The codec package's module, or a skip naming what to install (an import can also fail with torchaudio's
     OSError when its bundled extension does not load: setup.sh handles that case)."""
     try:
         return importlib.import_module(module)
     except Exception as e:  # any failure to import means the codec is not usable here
         first = (str(e).splitlines() or [""])[0][:160]
-        pytest.skip(f"{package} is not usable here ({type(e).__name__}: {first}); bash setup.sh installs it")
+        pytest.skip(f"{package} is not usable here ({type(e).__name__}: {first}); {install}")
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,8 @@ def xcodec2_model():
     """XCodec2Model built by its own constructor from its own config. That constructor downloads
     facebook/w2v-bert-2.0 (its semantic encoder) and that model's feature extractor: here they are random-init
     objects of the same classes, as X-codec2 uses them (width 1024, hidden state 16 read, so 16 layers)."""
-    mx = need("xcodec2.modeling_xcodec2", "xcodec2")
+    mx = need("xcodec2.modeling_xcodec2", "xcodec2", "setup.sh leaves it out (it needs torchtune and torchao, which "
+              "make every transformers from_pretrained print CUDA-library errors); docs/families/llasa.md installs it")
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
     from xcodec2.configuration_bigcodec import BigCodecConfig
 
@@ -393,3 +396,9 @@ def test_llasa_speech_chain_through_xcodec2(xcodec2_hf_model, tmp_path, monkeypa
     ckpt = build_llasa(tmp_path / "ckpt") or tmp_path / "ckpt"
     got = run_speech_chain(tmp_path / "chain", ckpt, "llasa", max_new_tokens=25)  # 0.5 s at 50 codes a second
     assert got["eval"]["models"][0]["audio_seconds"] > 0
+
+
+def test_codec_params_count_the_loaded_codec(orpheus, snac_model, monkeypatch):
+    """`spade eval`'s system size counts the codec the family decodes with."""
+    monkeypatch.setattr(orpheus, "codec_model", snac_model)
+    assert orpheus.codec_params() == sum(p.numel() for p in snac_model.parameters()) > 1e6

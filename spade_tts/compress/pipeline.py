@@ -77,8 +77,8 @@ def compress(cfg: CompressConfig) -> dict:
     from spade_tts.distill.trainer import DistillConfig, distill
     from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
     from spade_tts.evaluation.report import write_report
-    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
     from spade_tts.families.registry import detect_family, family_class, model_folder
+    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
     out = Path(cfg.out_dir)

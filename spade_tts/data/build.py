@@ -8,7 +8,6 @@ parts; rerunning a finished build only re-merges.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from spade_tts.audio import save_wav, to_mono_16k
 from spade_tts.data.sentences import load_sentences, split_sentences
 from spade_tts.data.voices import VOICES, synthesize
+from spade_tts.io import write_text
 
 HELDOUT_LIST = Path(__file__).with_name("heldout_sentences.txt")
 
@@ -38,11 +38,7 @@ class DataConfig:
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

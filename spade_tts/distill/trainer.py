@@ -39,8 +39,14 @@ import torch.nn.functional as F
 
 from spade_tts.distill.data import TokenDataset, check_fraction, describe
 from spade_tts.distill.losses import KD_TYPES, TERMS, DistillLoss, LossWeights
-from spade_tts.distill.matching import MODES, PRUNING_FILE, layer_matching, read_pruning_record
+from spade_tts.distill.matching import (
+    MODES,
+    PRUNING_FILE,
+    layer_matching,
+    read_pruning_record,
+)
 from spade_tts.families.registry import model_folder
+from spade_tts.io import write_text
 from spade_tts.schedule import warmup_cosine
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -307,9 +313,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:  # a line cut short by the kill
             continue
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _cast_state(state: dict, dtype: torch.dtype) -> dict:

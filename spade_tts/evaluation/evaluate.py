@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from spade_tts.io import write_json
+
 FORMAT = "spade-eval/1"
 MODEL_FORMAT = "spade-eval-model/1"
 
@@ -101,13 +103,6 @@ def _wav_names(items: list[dict]) -> dict[str, str]:
         used.add(name)
         names[it["id"]] = name + ".wav"
     return names
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _cache_key(cfg: EvalConfig, spec, items: list[dict]) -> tuple[str, dict]:
@@ -366,7 +361,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             continue
         ensure_scorers()
         result = evaluate_one(cfg, spec, items, prompts, scorers, wav_names, model_dir)
-        _write_json(model_dir / "result.json", {"format": MODEL_FORMAT, "key": key, "key_parts": parts, "result": result})
+        write_json(model_dir / "result.json", {"format": MODEL_FORMAT, "key": key, "key_parts": parts, "result": result})
         results.append(result)
     compare_to_first(results, cfg.bootstrap_resamples, cfg.seed)
     data = {
@@ -381,7 +376,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         "models": results,
     }
     json_path = Path(cfg.json) if cfg.json else out_dir / "eval.json"
-    _write_json(json_path, data)
+    write_json(json_path, data)
     print(format_table(data))
     print(f"wrote {json_path}; audio under {out_dir}/<model>/wav/")
     if cfg.report_dir:

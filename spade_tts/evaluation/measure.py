@@ -93,13 +93,13 @@ def run_isolated(cfg, spec, items: list[dict], wav_names: dict[str, str], out: P
     """``synthesize_and_time`` in a fresh ``python -m spade_tts.evaluation.measure`` process."""
     from dataclasses import asdict
 
-    from spade_tts.evaluation.evaluate import _write_json
+    from spade_tts.io import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     job, result, error = out / "measure_job.json", out / "measure_result.json", out / "measure_error.json"
     for f in (result, error):
         f.unlink(missing_ok=True)
-    _write_json(job, {"cfg": asdict(cfg), "spec": {"label": spec.label, "path": spec.path}, "items": items,
+    write_json(job, {"cfg": asdict(cfg), "spec": {"label": spec.label, "path": spec.path}, "items": items,
                       "wav_names": wav_names, "out": str(out)})
     import subprocess
 
@@ -117,8 +117,9 @@ def run_isolated(cfg, spec, items: list[dict], wav_names: dict[str, str], out: P
 
 
 def main(argv: list[str]) -> int:
-    from spade_tts.evaluation.evaluate import EvalConfig, _write_json
+    from spade_tts.evaluation.evaluate import EvalConfig
     from spade_tts.evaluation.models import ModelSpec
+    from spade_tts.io import write_json
 
     job = json.loads(Path(argv[0]).read_text())
     out = Path(job["out"])
@@ -128,10 +129,10 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # reported to the parent as one line
-        _write_json(out / "measure_error.json", {"message": str(e) or type(e).__name__, "type": type(e).__name__,
+        write_json(out / "measure_error.json", {"message": str(e) or type(e).__name__, "type": type(e).__name__,
                                                  "user_error": isinstance(e, (ValueError, FileNotFoundError))})
         return 2
-    _write_json(out / "measure_result.json", data)
+    write_json(out / "measure_result.json", data)
     return 0
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from spade_tts.importance.metrics import METRICS
+from spade_tts.io import atomic_path, write_json, write_text
 
 NOT_LOSSES = {"step", "lr", "learning_rate", "seconds", "time", "elapsed", "epoch", "tokens", "wall", "samples"}
 
@@ -116,11 +116,9 @@ def plot_losses(rows: list[dict], path: Path) -> list[str]:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return terms
 
 
@@ -411,10 +409,8 @@ def write_report(out_dir: str | Path, eval_json, scores_json=None, distill_log_j
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
             f'<body>\n' + "\n".join(body) + "\n</body></html>\n")
     index = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
-    (out / "eval.json").write_text(json.dumps(data, indent=2))  # the numbers travel with the page
+    write_text(index, page)
+    write_json(out / "eval.json", data)  # the numbers travel with the page
     return index
 
 

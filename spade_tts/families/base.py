@@ -257,8 +257,16 @@ class SpeechLM:
                          "MANIFEST instead")
 
     def codec_params(self) -> int:
-        """Parameters of the codec part that turns codes into audio, where it is loaded (0 when unknown)."""
-        return 0
+        """Parameters of the codec (``spade eval``'s system size): counted on the module the family's ``codec()``
+        loads (after a synthesis it is loaded already); 0 where the codec is no torch module or cannot load."""
+        loader = getattr(self, "codec", None)
+        if not callable(loader):
+            return 0
+        try:
+            codec = loader()
+        except (ImportError, OSError, ValueError):
+            return 0
+        return sum(p.numel() for p in codec.parameters()) if isinstance(codec, nn.Module) else 0
 
     def token_mask(self, step: int, rows: torch.Tensor, prompts: list[list[int]],
                    generated: list[list[int]]) -> torch.Tensor | None:

@@ -22,15 +22,19 @@ phones in order (``spade_tts.families.builtin``). Without a config, the family's
 """
 from __future__ import annotations
 
-import warnings
-
-import torch
-
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM, check_decoder
+import torch
+
+from spade_tts.families.base import (
+    GenerationConfig,
+    GenerationRequest,
+    SpeechLM,
+    check_decoder,
+)
 
 
 def static_supported(lm) -> bool:

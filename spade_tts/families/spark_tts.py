@@ -35,7 +35,7 @@ import torch
 
 from spade_tts.families.base import SpeechLayout, Utterance
 from spade_tts.families.codec_hooks import cached, require
-from spade_tts.families.hf import link_or_copy, HFSpeechLM, read_config, tokenizer_vocab
+from spade_tts.families.hf import HFSpeechLM, link_or_copy, read_config, tokenizer_vocab
 
 SEMANTIC_CODES, GLOBAL_CODES, GLOBAL_LEN = 8192, 4096, 32
 GLOBAL_OFFSET = SEMANTIC_CODES  # packed codes: global code g is stored as 8192 + g

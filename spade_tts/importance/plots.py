@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from spade_tts.importance.metrics import label
+from spade_tts.io import atomic_path
 
 
 def write_csv(path: Path, per_layer: list[dict], metrics: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["layer"] + metrics)
         for row in per_layer:
             w.writerow([row["layer"]] + [f"{row[m]:.6f}" for m in metrics])
-    os.replace(tmp, path)
 
 
 
@@ -52,7 +50,6 @@ def plot_importance(path: Path, per_layer: list[dict], metrics: list[str], full_
     axes[-1, 0].set_xlabel("decoder layer")
     axes[-1, 0].set_xticks(layers)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ the last layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 

@@ -8,7 +8,6 @@ utterance of the target's speaker, which is exactly the zero-shot situation at s
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from spade_tts.batching import collate
+from spade_tts.io import atomic_path
 from spade_tts.reference.vocab import Vocab, frames_per_phone
 
 
@@ -51,9 +51,8 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
     for name, parts in (("codes", codes), ("phones", phones), ("frames", frames)):
         arrays[name] = np.concatenate(parts)
         arrays[f"{name}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
-    tmp = out / "tokens.safetensors.tmp"
-    save_file(arrays, str(tmp))
-    os.replace(tmp, out / "tokens.safetensors")
+    with atomic_path(out / "tokens.safetensors") as tmp:
+        save_file(arrays, str(tmp))
     meta = {"num_speech": codec.vocab_size, "tokens_per_second": codec.config.tokens_per_second, "items": index}
     (out / "index.json").write_text(json.dumps(meta))
     return {"utterances": len(index), "speech_tokens": int(len(arrays["codes"]))}

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from spade_tts.io import atomic_path, write_json
 from spade_tts.reference.dataset import PairSampler, TokenStore
 from spade_tts.reference.vocab import Vocab
 from spade_tts.schedule import warmup_cosine
@@ -76,9 +77,8 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def lr_at(step: int, cfg: ReferenceTrainConfig, time_progress: float = 0.0) -> float:
@@ -176,9 +176,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
             return
         export(model, vocab, cfg, out / "best")
         best = {"step": step, "heldout_loss": loss}
-        tmp = best_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(best))
-        os.replace(tmp, best_file)
+        write_json(best_file, best)
 
     # Batches are a pure function of the step, so worker processes can build them ahead.
     loader = torch.utils.data.DataLoader(StepBatches(sampler, cfg.batch_size, step, cfg.steps), batch_size=None,

@@ -14,8 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from spade_tts.audio import MIN_SECONDS, AudioError
-from spade_tts.scoring.common import SAMPLE_RATE, checked_audio, load_feature_extractor, load_model, local_config
-from spade_tts.scoring.common import model_inputs
+from spade_tts.scoring.common import (
+    SAMPLE_RATE,
+    checked_audio,
+    load_feature_extractor,
+    load_model,
+    local_config,
+    model_inputs,
+)
 from spade_tts.scoring.dnsmos import dnsmos
 
 MOS_EXPECTED = (
@@ -39,7 +45,9 @@ class HFMOSPredictor:
     keys = ("mos",)
 
     def __init__(self, model: str, device: str = "cpu"):
-        from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING,
+        )
 
         self.model_dir, self.device = str(model), device
         cfg = local_config(model, "MOS", MOS_EXPECTED)

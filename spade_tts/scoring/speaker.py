@@ -21,8 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from spade_tts.audio import SILENCE_RMS, AudioError
-from spade_tts.scoring.common import SAMPLE_RATE, checked_audio, load_feature_extractor, load_model, local_config
-from spade_tts.scoring.common import model_inputs
+from spade_tts.scoring.common import (
+    SAMPLE_RATE,
+    checked_audio,
+    load_feature_extractor,
+    load_model,
+    local_config,
+    model_inputs,
+)
 
 MIN_VOICED_SECONDS = 0.1  # below this resemblyzer's VAD kept nothing a speaker could be recognised from
 WAVLM_EXPECTED = (
