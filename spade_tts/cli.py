@@ -25,15 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spade_tts import __version__
-from spade_tts.config import (
-    ConfigError,
-    field_comments,
-    field_default,
-    load_config,
-    override_key,
-    show_value,
-    to_dict,
-)
+from spade_tts.config import ConfigError, field_comments, field_default, load_config, override_key, show_value, to_dict
 from spade_tts.importance.metrics import help_text as metric_help
 
 

@@ -39,12 +39,7 @@ import torch.nn.functional as F
 
 from spade_tts.distill.data import TokenDataset, check_fraction, describe
 from spade_tts.distill.losses import KD_TYPES, TERMS, DistillLoss, LossWeights
-from spade_tts.distill.matching import (
-    MODES,
-    PRUNING_FILE,
-    layer_matching,
-    read_pruning_record,
-)
+from spade_tts.distill.matching import MODES, PRUNING_FILE, layer_matching, read_pruning_record
 from spade_tts.families.registry import model_folder
 from spade_tts.io import write_text
 from spade_tts.schedule import warmup_cosine

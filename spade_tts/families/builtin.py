@@ -23,13 +23,7 @@ import numpy as np
 import torch
 
 from spade_tts.families import BUILTIN_MODEL
-from spade_tts.families.base import (
-    GenerationConfig,
-    GenerationRequest,
-    SpeechLayout,
-    SpeechLM,
-    Utterance,
-)
+from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLayout, SpeechLM, Utterance
 from spade_tts.families.generate import Generation
 
 

@@ -32,12 +32,7 @@ from torch import nn
 
 from spade_tts.families.base import GenerationConfig, SpeechLayout, SpeechLM
 from spade_tts.families.codec_hooks import cached, require
-from spade_tts.families.hf import (
-    link_or_copy,
-    load_tokenizer,
-    read_config,
-    resolve_dtype,
-)
+from spade_tts.families.hf import link_or_copy, load_tokenizer, read_config, resolve_dtype
 
 SPEECH_TOKENS = 6561  # speech_token_size; token 6561 ends the speech, 6562/6563 are bistream fillers
 EXTRA_ROWS = 3

@@ -29,12 +29,7 @@ from typing import Protocol
 
 import torch
 
-from spade_tts.families.base import (
-    GenerationConfig,
-    GenerationRequest,
-    SpeechLM,
-    check_decoder,
-)
+from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM, check_decoder
 
 
 def static_supported(lm) -> bool:

@@ -232,11 +232,7 @@ def proxy_sequences(speech, cfg: ScoreConfig, items: list[dict]) -> list[tuple[l
 
 def proxy_scores(speech, sequences: list[tuple[list[int], int]], chunk: int = 8) -> tuple[dict[str, list[float]], float]:
     """Block influence, angular distance and teacher-forced loss rise for every layer; and the full loss."""
-    from spade_tts.importance.teacher_forced import (
-        block_similarity,
-        sequence_batch,
-        speech_loss,
-    )
+    from spade_tts.importance.teacher_forced import block_similarity, sequence_batch, speech_loss
     from spade_tts.pruning.layers import decoder_layers, skip_layers
 
     batch = sequence_batch(sequences, speech.pad_id)

@@ -7,12 +7,7 @@ from spade_tts.pruning.layers import (
                                       residual_stream,
                                       skip_layers,
 )
-from spade_tts.pruning.prune import (
-                                      PruneConfig,
-                                      choose_kept_layers,
-                                      n_keep_from,
-                                      prune_checkpoint,
-)
+from spade_tts.pruning.prune import PruneConfig, choose_kept_layers, n_keep_from, prune_checkpoint
 
 __all__ = ["decoder_layers", "find_decoder", "model_fingerprint", "prune_layers", "residual_stream", "skip_layers",
            "PruneConfig", "choose_kept_layers", "n_keep_from", "prune_checkpoint"]

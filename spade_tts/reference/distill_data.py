@@ -14,12 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spade_tts.distill.data import (
-    DATA_FORMAT,
-    META_FILE,
-    check_fraction,
-    write_token_dataset,
-)
+from spade_tts.distill.data import DATA_FORMAT, META_FILE, check_fraction, write_token_dataset
 
 
 def select_utterances(items: list[dict], fraction: float, seed: int, split: str = "train") -> list[int]:

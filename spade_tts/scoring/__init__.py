@@ -6,22 +6,8 @@ Importing this package is cheap: Whisper, resemblyzer, transformers and the DNSM
 """
 from spade_tts.scoring.dnsmos import dnsmos
 from spade_tts.scoring.mos import DNSMOSPredictor, HFMOSPredictor, get_mos_predictor
-from spade_tts.scoring.speaker import (
-    ResemblyzerEncoder,
-    SpeakerEncoder,
-    WavLMEncoder,
-    cosine,
-    get_speaker_encoder,
-)
-from spade_tts.scoring.wer import (
-    Transcriber,
-    cer,
-    detect_backend,
-    get_transcriber,
-    mean_wer,
-    wer,
-    word_errors,
-)
+from spade_tts.scoring.speaker import ResemblyzerEncoder, SpeakerEncoder, WavLMEncoder, cosine, get_speaker_encoder
+from spade_tts.scoring.wer import Transcriber, cer, detect_backend, get_transcriber, mean_wer, wer, word_errors
 
 __all__ = [
     "DNSMOSPredictor",

@@ -45,9 +45,7 @@ class HFMOSPredictor:
     keys = ("mos",)
 
     def __init__(self, model: str, device: str = "cpu"):
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING,
-        )
+        from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING
 
         self.model_dir, self.device = str(model), device
         cfg = local_config(model, "MOS", MOS_EXPECTED)

@@ -117,10 +117,7 @@ class Transcriber:
                     self._model = WhisperModel(self.model_dir, device=self.device, compute_type=self.compute_type,
                                                cpu_threads=self.cpu_threads)
                 else:
-                    from transformers import (
-                        WhisperForConditionalGeneration,
-                        WhisperProcessor,
-                    )
+                    from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
                     proc = WhisperProcessor.from_pretrained(self.model_dir)
                     net = WhisperForConditionalGeneration.from_pretrained(self.model_dir).to(self.device).eval()
