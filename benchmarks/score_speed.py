@@ -2,6 +2,7 @@
 
     python3 benchmarks/score_speed.py                               # 28 items, full model + layers 0, 5, 10
     python3 benchmarks/score_speed.py --items-per-speaker 7 --layers all --modes fast
+    python3 benchmarks/score_speed.py --model runs/reference-cpu/best --items-per-speaker 8 --layers all --modes fast
 
 A WLI pass synthesizes every item with one layer skipped and transcribes it with Whisper. Modes
 (each a ``ScoreConfig``; everything else, items, seed and decoding, is the same):
@@ -40,6 +41,7 @@ MODES = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model folder (default: the built-in model)")
     ap.add_argument("--corpus-dir", default=str(ROOT / "data" / "corpus"))
     ap.add_argument("--items-per-speaker", type=int, default=4)
     ap.add_argument("--layers", default="0,5,10", help="comma-separated layers to skip, or 'all'")
@@ -58,14 +60,15 @@ def main(argv=None) -> int:
     from spade_tts.pruning.layers import decoder_layers, model_fingerprint
     from spade_tts.scoring import get_transcriber
 
-    speech = load_speech_lm(None)
+    speech = load_speech_lm(args.model)
     n = len(decoder_layers(speech.lm))
     layers = list(range(n)) if args.layers == "all" else [int(x) for x in args.layers.split(",") if x]
     items = heldout_eval_items(args.corpus_dir, args.items_per_speaker, 4.0, 0)
     skips = [[]] + [[i] for i in layers]
     threads = torch.get_num_threads()
     machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-               "platform": platform.platform(), "load_average_before": list(os.getloadavg())}
+               "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
+               "model": args.model or "built-in"}
     print(f"# {machine['cpu']}, {machine['cpu_count']} CPUs, torch {torch.__version__} ({threads} threads); "
           f"{len(items)} items, passes: full + skip {layers}")
     results = []

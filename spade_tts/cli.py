@@ -60,8 +60,9 @@ STAGES = [
           "example:\n  spade data family --model Llasa-1B --manifest train.jsonl -o runs/llasa/data",
           aliases={"-o": "out"}),
     Stage("codec fit", "spade_tts.codec.train:CodecFitConfig", "spade_tts.codec.train:fit_codec",
-          "learn the speech tokenizer's codebook from the corpus",
-          "k-means codebook over log-mel frames of the training manifest.", aliases={"-o": "out_dir"}),
+          "learn the speech tokenizer from the corpus (k-means codebook or learned FSQ)",
+          "kind=kmeans: a codebook over log-mel frames (100 tokens/s); kind=fsq: a convolutional autoencoder with "
+          "finite scalar quantization (50 tokens/s), trained for minutes= of CPU time, resumable.", aliases={"-o": "out_dir"}),
     Stage("codec eval", "spade_tts.codec.roundtrip:RoundTripConfig", "spade_tts.codec.roundtrip:roundtrip_table",
           "round-trip table: original audio vs tokens -> audio (WER, speaker cosine, DNSMOS)",
           "Original audio vs tokens -> audio on the held-out set: Whisper WER, speaker cosine, DNSMOS."),

@@ -29,8 +29,10 @@ def test_frames_per_phone_sums_and_respects_order():
 def test_training_layout_interleaves_target_phones():
     v = Vocab(10)
     ph = v.phone_ids(["pau", "k", "ae", "t"])
-    ids, loss_from = v.training_ids(ph[:2], ph, [1, 2], [3, 4, 5, 6, 7], [1, 2, 0, 2])
+    ids, loss_from = v.training_ids(ph[:2], ph, [1, 2], [3, 4, 5, 6, 7], [1, 2, 0, 2], prompt_loss=True)
     assert ids[loss_from] == v.special("speech_start")
+    target_ids, target_from = v.training_ids(ph[:2], ph, [1, 2], [3, 4, 5, 6, 7], [1, 2, 0, 2])
+    assert target_ids == ids and target_from == loss_from + 2  # by default the prompt's speech is context only
     s = v.speech_offset
     assert ids[loss_from + 1 :] == [s + 1, s + 2, ph[0], s + 3, ph[1], s + 4, s + 5, ph[2], ph[3], s + 6, s + 7,
                                     v.speech_end]
@@ -54,7 +56,7 @@ def trained(tiny_corpus, tiny_codec, tiny_tokens, tmp_path_factory):
     corpus, _, _ = tiny_corpus
     out = tmp_path_factory.mktemp("ref")
     cfg = ReferenceTrainConfig(corpus_dir=str(corpus), codec_dir=str(tiny_codec), tokens_dir=str(tiny_tokens),
-                               out_dir=str(out), steps=6, save_every=3, **TINY)
+                               out_dir=str(out), steps=6, save_every=3, lr=3e-3, **TINY)
     export = train_reference(cfg)
     return cfg, export
 
@@ -224,3 +226,26 @@ def test_length_ratio_cuts_a_runaway_item(trained):
                                      np.arange(3))
     sampler = tts.sampler([request], tts.generation_defaults(max_length_ratio=1.0), [0])
     assert sampler.caps == [100] and tts.sampler([request], tts.generation_defaults(), [0]).caps == [2000]
+
+
+def test_loss_at_the_counted_positions_only_equals_the_full_head_loss(trained, tiny_tokens):
+    from spade_tts.reference.train import next_token_loss
+
+    cfg, export = trained
+    model = LlamaForCausalLM.from_pretrained(export).float().eval()
+    batch = PairSampler(TokenStore(tiny_tokens), "train", 30, 30, seed=1).batch(0, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(next_token_loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_a_time_budget_spans_resumed_runs_and_a_spent_one_only_re_exports(tiny_corpus, tiny_codec, tiny_tokens,
+                                                                           tmp_path):
+    corpus, _, _ = tiny_corpus
+    cfg = ReferenceTrainConfig(corpus_dir=str(corpus), codec_dir=str(tiny_codec), tokens_dir=str(tiny_tokens),
+                               out_dir=str(tmp_path), steps=10_000, save_every=1000, time_budget_minutes=0.03,
+                               **TINY)
+    train_reference(cfg)
+    spent = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert 0 < spent["step"] < 10_000 and spent["seconds"] >= 1.8
+    train_reference(cfg)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == spent["step"]

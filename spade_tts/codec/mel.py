@@ -47,3 +47,22 @@ class MelAnalyzer:
                                    init="random", random_state=seed)
         peak = float(np.abs(audio).max()) if audio.size else 0.0
         return (audio * (0.9 / peak) if peak > 0 else audio).astype(np.float32)
+
+
+class MelTokenizer:
+    """What both tokenizers share: codes -> log-mel (``decode_mel``, theirs) -> Griffin-Lim audio."""
+
+    config: "object"  # has codebook_size, griffin_lim_iters, tokens_per_second
+    mel: MelAnalyzer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    def decode_mel(self, tokens) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, tokens, seed: int = 0) -> np.ndarray:
+        if len(tokens) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.mel.invert(self.decode_mel(tokens), n_iter=self.config.griffin_lim_iters, seed=seed)

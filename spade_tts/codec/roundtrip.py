@@ -38,12 +38,12 @@ def _summary(rows: list[dict], key: str) -> dict:
 
 def roundtrip_table(cfg: RoundTripConfig) -> dict:
     from spade_tts.audio import load_audio
-    from spade_tts.codec.tokenizer import SpeechTokenizer
+    from spade_tts.codec import load_tokenizer
     from spade_tts.data.build import read_jsonl
     from spade_tts.scoring import dnsmos, get_speaker_encoder, get_transcriber
 
     corpus = Path(cfg.corpus_dir)
-    tok = SpeechTokenizer.load(cfg.codec_dir)
+    tok = load_tokenizer(cfg.codec_dir)
     manifest = corpus / "manifests" / "heldout.jsonl"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found; run `spade data build` first")

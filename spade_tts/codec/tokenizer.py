@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from spade_tts.codec.mel import MelAnalyzer, MelSpec
+from spade_tts.codec.mel import MelAnalyzer, MelSpec, MelTokenizer
 
 
 @dataclass
 class CodecConfig:
+    kind: str = "kmeans"
     codebook_size: int = 4096
     stack: int = 1  # mel frames per token
     hop: int = 160
@@ -65,15 +66,15 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, chunk: int =
     return c
 
 
-class SpeechTokenizer:
+class SpeechTokenizer(MelTokenizer):
     def __init__(self, config: CodecConfig, codebook: torch.Tensor):
         self.config = config
         self.codebook = codebook.float()
         self.mel = MelAnalyzer(config.spec)
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
+    def num_params(self) -> int:
+        return int(self.codebook.numel())
 
     def features(self, audio: np.ndarray) -> torch.Tensor:
         """(tokens, stack * n_mels) stacked log-mel vectors; a trailing partial stack is dropped."""
@@ -104,11 +105,6 @@ class SpeechTokenizer:
             padded = np.concatenate([m[:1], m, m[-1:]])
             m = w * padded[:-2] + (1 - 2 * w) * padded[1:-1] + w * padded[2:]
         return m
-
-    def decode(self, tokens, seed: int = 0) -> np.ndarray:
-        if len(tokens) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self.mel.invert(self.decode_mel(tokens), n_iter=self.config.griffin_lim_iters, seed=seed)
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)

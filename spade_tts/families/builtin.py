@@ -178,7 +178,7 @@ class BuiltinSpeechLM(SpeechLM):
                         device: str = "cpu") -> "BuiltinSpeechLM":
         from transformers import LlamaForCausalLM
 
-        from spade_tts.codec.tokenizer import SpeechTokenizer
+        from spade_tts.codec import load_tokenizer
         from spade_tts.reference.vocab import Vocab
 
         path = Path(path) if path else BUILTIN_MODEL
@@ -187,7 +187,7 @@ class BuiltinSpeechLM(SpeechLM):
                                     "(train one with `spade train-reference`)")
         vocab = Vocab.load(path)
         lm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else dtype).to(device)
-        return cls(path, lm, vocab, SpeechTokenizer.load(path))
+        return cls(path, lm, vocab, load_tokenizer(path))
 
     def save_pretrained(self, out: str | Path) -> None:
         out = Path(out)
@@ -245,8 +245,7 @@ class BuiltinSpeechLM(SpeechLM):
         p_codes = [] if prompt is None else list(prompt.codes)
         t_ph = self.vocab.phone_ids([p for p, _ in target.phones])
         frames = frames_per_phone([e for _, e in target.phones], self.codec.config.tokens_per_second, len(target.codes))
-        ids, _ = self.vocab.training_ids(p_ph, t_ph, p_codes, list(target.codes), frames)
-        return ids, len(self.vocab.prompt_ids(p_ph, t_ph, p_codes)) - 1
+        return self.vocab.training_ids(p_ph, t_ph, p_codes, list(target.codes), frames)
 
     def encode_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         from spade_tts.audio import to_mono_16k
@@ -274,4 +273,4 @@ class BuiltinSpeechLM(SpeechLM):
         prepare_tokens(corpus_dir, self.path, out_dir)
 
     def codec_params(self) -> int:
-        return int(self.codec.codebook.numel())
+        return self.codec.num_params

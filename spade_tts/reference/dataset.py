@@ -25,11 +25,11 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
     from tqdm import tqdm
 
     from spade_tts.audio import load_audio
-    from spade_tts.codec.tokenizer import SpeechTokenizer
+    from spade_tts.codec import load_tokenizer
     from spade_tts.data.build import read_jsonl
 
     corpus, out = Path(corpus_dir), Path(out_dir)
-    codec = SpeechTokenizer.load(codec_dir)
+    codec = load_tokenizer(codec_dir)
     vocab = Vocab(codec.vocab_size)
     rows = []
     for split in ("train", "heldout"):
@@ -37,12 +37,13 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest} not found; run `spade data build` first")
         rows += [r for r in read_jsonl(manifest) if r.get("phones")]
+    code_dtype = np.int16 if codec.vocab_size <= np.iinfo(np.int16).max else np.int32
     codes, phones, frames, index = [], [], [], []
     for r in tqdm(rows, desc="tokenizing corpus", unit="utt"):
         c = codec.encode(load_audio(corpus / r["audio"]))
         ph = vocab.phone_ids([p for p, _ in r["phones"]])
         fr = frames_per_phone([e for _, e in r["phones"]], codec.config.tokens_per_second, len(c))
-        codes.append(c.astype(np.int16))
+        codes.append(c.astype(code_dtype))
         phones.append(np.asarray(ph, dtype=np.int16))
         frames.append(np.asarray(fr, dtype=np.int16))
         index.append({k: r[k] for k in ("id", "speaker", "split", "text", "seconds")})
@@ -88,8 +89,9 @@ class TokenStore:
 class PairSampler:
     """Endless (prompt, target) pairs of one speaker, reproducible from (seed, step)."""
 
-    def __init__(self, store: TokenStore, split: str, max_prompt_seconds: float, max_target_seconds: float, seed: int):
-        self.store, self.vocab, self.seed = store, Vocab(store.num_speech), seed
+    def __init__(self, store: TokenStore, split: str, max_prompt_seconds: float, max_target_seconds: float, seed: int,
+                 prompt_loss: bool = False):
+        self.store, self.vocab, self.seed, self.prompt_loss = store, Vocab(store.num_speech), seed, prompt_loss
         by_spk: dict[str, list[int]] = {}
         self.targets = []
         for i, it in enumerate(store.items):
@@ -112,7 +114,8 @@ class PairSampler:
         while p == t:
             p = step_rng.choice(pool)
         return self.vocab.training_ids(
-            s.phones(p).tolist(), s.phones(t).tolist(), s.codes(p), s.codes(t), s.frames(t).tolist())
+            s.phones(p).tolist(), s.phones(t).tolist(), s.codes(p), s.codes(t), s.frames(t).tolist(),
+            self.prompt_loss)
 
     def batch(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
         rng = random.Random(self.seed * 1_000_003 + step)

@@ -84,7 +84,8 @@ def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fracti
         for _ in range(pairs_per_target):
             p = rng.choice(pool)
             ids, loss_from = vocab.training_ids(store.phones(p).tolist(), store.phones(t).tolist(), store.codes(p),
-                                                store.codes(t), store.frames(t).tolist())
+                                                store.codes(t), store.frames(t).tolist(),
+                                                prompt_loss=True)
             rows["input_ids"].append(ids)
             rows["loss_from"].append(loss_from)
             rows["target"].append(items[t]["id"])

@@ -12,10 +12,11 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -29,6 +30,7 @@ from spade_tts.schedule import warmup_cosine
 class ReferenceTrainConfig:
     corpus_dir: str = "data/corpus"
     codec_dir: str = "data/codec"
+    codec: dict = field(default_factory=dict)  # `spade codec fit` settings, run first when codec_dir holds no codec
     tokens_dir: str = "data/reference_tokens"
     out_dir: str = "runs/reference"
     layers: int = 12
@@ -43,11 +45,12 @@ class ReferenceTrainConfig:
     weight_decay: float = 0.05
     max_prompt_seconds: float = 4.0
     max_target_seconds: float = 7.5
+    prompt_loss: bool = False  # count the prompt speech's next-token loss too (attempt 1 did; it is context at synthesis)
     save_every: int = 250  # checkpoint, held-out loss and (when it is the lowest so far) best/ every this many steps
     log_every: int = 25
     heldout_batches: int = 4  # the held-out loss averages this many fixed batches of held-out pairs
     attention_dropout: float = 0.0
-    time_budget_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+    time_budget_minutes: float = 0.0  # training time over all resumed runs, then stop and export; 0 = no limit
     export_dtype: str = "float16"  # weights committed to git are stored in half precision
     loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
     seed: int = 0
@@ -74,6 +77,28 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
         attention_dropout=cfg.attention_dropout,
     )
     return LlamaForCausalLM(config)
+
+
+def next_token_loss(model: LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the counted next tokens (labels != -100), the LM head applied at those
+    positions only: text and prompt positions count for nothing, so they cost no vocabulary-sized matmul
+    (with 15,360 speech codes the head is a third of the model). Equal to ``model(**batch).loss``."""
+    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    counted = labels != -100
+    return F.cross_entropy(model.lm_head(hidden[:, :-1][counted]).float(), labels[counted])
+
+
+def fit_codec_first(cfg: ReferenceTrainConfig) -> None:
+    """The tokenizer is the pipeline's first stage: fitted (or resumed) unless codec_dir already holds one."""
+    if (Path(cfg.codec_dir) / "codec.json").is_file():
+        return
+    from spade_tts.codec.train import CodecFitConfig, fit_codec
+    from spade_tts.config import load_config
+
+    settings = {**cfg.codec, "corpus_dir": cfg.corpus_dir, "out_dir": cfg.codec_dir}
+    print(f"fitting the speech tokenizer -> {cfg.codec_dir}")
+    fit_codec(load_config(CodecFitConfig, base=settings))
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -107,6 +132,7 @@ def export(model: LlamaForCausalLM, vocab: Vocab, cfg: ReferenceTrainConfig, dir
 def train_reference(cfg: ReferenceTrainConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fit_codec_first(cfg)
     if not (Path(cfg.tokens_dir) / "tokens.safetensors").is_file():
         from spade_tts.reference.dataset import prepare_tokens
 
@@ -114,9 +140,9 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         print(prepare_tokens(cfg.corpus_dir, cfg.codec_dir, cfg.tokens_dir))
     store = TokenStore(cfg.tokens_dir)
     vocab = Vocab(store.num_speech)
-    sampler = PairSampler(store, "train", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed)
+    sampler = PairSampler(store, "train", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed, cfg.prompt_loss)
     try:
-        val = PairSampler(store, "heldout", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed)
+        val = PairSampler(store, "heldout", cfg.max_prompt_seconds, cfg.max_target_seconds, cfg.seed, cfg.prompt_loss)
     except ValueError:
         val = None  # a corpus without held-out pairs trains without a held-out loss
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -124,14 +150,14 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    step = 0
+    step, trained_seconds = 0, 0.0
     ckpt = out / "last.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step = state["step"]
-        print(f"resumed from {ckpt} at step {step}")
+        step, trained_seconds = state["step"], state.get("seconds", 0.0)
+        print(f"resumed from {ckpt} at step {step} ({trained_seconds / 60:.1f} min trained)")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"reference LM: {cfg.layers} layers x {cfg.hidden}, {n_params / 1e6:.1f}M parameters, "
           f"{len(sampler.targets)} training targets, device {device}")
@@ -142,12 +168,14 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, desc="train-reference", unit="step")
 
     def checkpoint() -> None:
-        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt)
+        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                      "seconds": trained_seconds + time.time() - start}, ckpt)
 
     budget = 60 * cfg.time_budget_minutes
 
     def time_progress() -> float:
-        return (time.time() - start) / budget if budget > 0 else 0.0
+        """Summed over resumed runs, so a resumed run continues the cosine instead of restarting it."""
+        return (trained_seconds + time.time() - start) / budget if budget > 0 else 0.0
 
     # the same held-out pairs at every evaluation, so the losses compare across steps; built once
     heldout_batches = [val.batch(i, cfg.batch_size) for i in range(max(1, cfg.heldout_batches))] if val else []
@@ -161,7 +189,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         for batch in heldout_batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                losses.append(model(**batch).loss.item())
+                losses.append(next_token_loss(model, batch).item())
         model.train()
         return round(sum(losses) / len(losses), 4)
 
@@ -179,7 +207,9 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         write_json(best_file, best)
 
     # Batches are a pure function of the step, so worker processes can build them ahead.
-    loader = torch.utils.data.DataLoader(StepBatches(sampler, cfg.batch_size, step, cfg.steps), batch_size=None,
+    spent = budget > 0 and time_progress() >= 1.0  # a finished run only re-exports
+    end = step if spent else cfg.steps
+    loader = torch.utils.data.DataLoader(StepBatches(sampler, cfg.batch_size, step, end), batch_size=None,
                                          num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -187,7 +217,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast:
-            loss = model(**batch).loss
+            loss = next_token_loss(model, batch)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}; the last good checkpoint is {ckpt}: "
                                "lower lr= and rerun to resume from it")
@@ -198,7 +228,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            rec = {"step": step, "loss": round(loss.item(), 4), "lr": lr, "seconds": round(time.time() - start, 1)}
+            rec = {"step": step, "loss": round(loss.item(), 4), "lr": lr, "seconds": round(trained_seconds + time.time() - start, 1)}
             if step % cfg.save_every == 0 or step == cfg.steps:
                 rec["heldout_loss"] = heldout_loss()
                 keep_if_best(rec["heldout_loss"])
@@ -209,7 +239,8 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         if step % cfg.save_every == 0 or step == cfg.steps or over_budget:
             checkpoint()
         if over_budget:
-            print(f"time budget reached at step {step}; rerun the same command to continue")
+            print(f"time budget of {cfg.time_budget_minutes:g} min reached at step {step} "
+                  "(raise time_budget_minutes= and rerun to train on)")
             break
     bar.close()
     model.eval()

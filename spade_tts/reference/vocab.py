@@ -80,11 +80,15 @@ class Vocab:
         return ([self.special("bos"), self.special("text_start")] + prompt_phones + target_phones
                 + [self.special("text_end"), self.special("speech_start")] + self.speech_ids(prompt_codes))
 
-    def training_ids(self, prompt_phones, target_phones, prompt_codes, target_codes, frames_per_phone) -> tuple[list[int], int]:
-        """(ids, first position whose next-token loss is counted: the first speech token)."""
+    def training_ids(self, prompt_phones, target_phones, prompt_codes, target_codes, frames_per_phone,
+                     prompt_loss: bool = False) -> tuple[list[int], int]:
+        """(ids, the position after which next-token losses count): from the first target phone on, or from the
+        first prompt speech token with ``prompt_loss`` (attempt 1's choice; the prompt is context at synthesis)."""
         ids = self.prompt_ids(prompt_phones, target_phones, [])
         loss_from = len(ids) - 1
         ids += self.speech_ids(prompt_codes)
+        if not prompt_loss:
+            loss_from = len(ids) - 1
         pos = 0
         for ph, n in zip(target_phones, frames_per_phone):
             ids.append(ph)
