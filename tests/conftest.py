@@ -60,5 +60,6 @@ def tiny_reference(tiny_corpus, tiny_codec, tiny_tokens, tmp_path_factory):
     cfg = ReferenceTrainConfig(corpus_dir=str(corpus), codec_dir=str(tiny_codec), tokens_dir=str(tiny_tokens),
                                out_dir=str(out), steps=8, save_every=8, layers=4, hidden=32, heads=2, kv_heads=2,
                                intermediate=64, batch_size=4, warmup=2, log_every=4, max_prompt_seconds=30.0,
-                               max_target_seconds=30.0, loader_workers=1)
+                               max_target_seconds=30.0, loader_workers=1,
+                               prompt_loss=True)  # the tiny model the importance tests were written against
     return train_reference(cfg)
