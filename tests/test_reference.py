@@ -228,16 +228,6 @@ def test_length_ratio_cuts_a_runaway_item(trained):
     assert sampler.caps == [100] and tts.sampler([request], tts.generation_defaults(), [0]).caps == [2000]
 
 
-def test_loss_at_the_counted_positions_only_equals_the_full_head_loss(trained, tiny_tokens):
-    from spade_tts.reference.train import next_token_loss
-
-    cfg, export = trained
-    model = LlamaForCausalLM.from_pretrained(export).float().eval()
-    batch = PairSampler(TokenStore(tiny_tokens), "train", 30, 30, seed=1).batch(0, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(next_token_loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-5)
-
-
 def test_a_time_budget_spans_resumed_runs_and_a_spent_one_only_re_exports(tiny_corpus, tiny_codec, tiny_tokens,
                                                                            tmp_path):
     corpus, _, _ = tiny_corpus

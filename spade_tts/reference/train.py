@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,16 +76,6 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
         attention_dropout=cfg.attention_dropout,
     )
     return LlamaForCausalLM(config)
-
-
-def next_token_loss(model: LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the counted next tokens (labels != -100), the LM head applied at those
-    positions only: text and prompt positions count for nothing, so they cost no vocabulary-sized matmul
-    (with 15,360 speech codes the head is a third of the model). Equal to ``model(**batch).loss``."""
-    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    counted = labels != -100
-    return F.cross_entropy(model.lm_head(hidden[:, :-1][counted]).float(), labels[counted])
 
 
 def fit_codec_first(cfg: ReferenceTrainConfig) -> None:
@@ -189,7 +178,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         for batch in heldout_batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                losses.append(next_token_loss(model, batch).item())
+                losses.append(model(**batch).loss.item())
         model.train()
         return round(sum(losses) / len(losses), 4)
 
@@ -217,7 +206,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast:
-            loss = next_token_loss(model, batch)
+            loss = model(**batch).loss
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}; the last good checkpoint is {ckpt}: "
                                "lower lr= and rerun to resume from it")
