@@ -60,7 +60,8 @@ class MelTokenizer:
         return self.config.codebook_size
 
     def decode_mel(self, tokens) -> np.ndarray:
-        raise NotImplementedError
+        """(frames, n_mels) log-mel of ``tokens``: each kind's own (centroid look-up, or the FSQ decoder)."""
+        raise NotImplementedError(f"{type(self).__name__} must define decode_mel")
 
     def decode(self, tokens, seed: int = 0) -> np.ndarray:
         if len(tokens) == 0:
