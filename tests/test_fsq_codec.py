@@ -93,3 +93,47 @@ def test_codec_fit_refuses_an_unknown_kind_before_reading_any_audio(tmp_path):
         fit_codec(CodecFitConfig(corpus_dir=str(tmp_path / "absent"), kind="vq"))
     with pytest.raises(FileNotFoundError, match="run `spade codec fit`"):
         load_tokenizer(tmp_path)
+
+
+def test_a_step_budget_stops_at_exactly_that_many_steps_however_busy_the_machine(corpus_mels, tmp_path):
+    cfg = FSQConfig(**SMALL)
+    train_fsq(cfg, corpus_mels, tmp_path, minutes=0.0, batch_size=4, steps=6)
+    assert torch.load(tmp_path / "fsq_train.pt", weights_only=False)["state"]["steps"] == 6
+    train_fsq(cfg, corpus_mels, tmp_path, minutes=0.0, batch_size=4, steps=9)  # resumed with a larger budget
+    state = torch.load(tmp_path / "fsq_train.pt", weights_only=False)["state"]
+    assert state["steps"] == 9 and state["seconds"] > 0
+
+
+@pytest.mark.parametrize("kind", ["fsq", "kmeans"])
+def test_code_embedding_init_makes_the_speech_rows_a_linear_function_of_the_codec_features(kind):
+    from spade_tts.codec.tokenizer import CodecConfig, SpeechTokenizer
+    from spade_tts.reference.train import ReferenceTrainConfig, build_model, init_speech_embedding
+    from spade_tts.reference.vocab import Vocab
+
+    torch.manual_seed(0)
+    if kind == "fsq":
+        cfg = FSQConfig(**SMALL)
+        tok = FSQTokenizer(cfg, MelFSQ(cfg), torch.zeros(80), torch.ones(80))
+    else:
+        tok = SpeechTokenizer(CodecConfig(codebook_size=200), torch.randn(200, 80))
+    feats = tok.code_features()
+    assert feats.shape[0] == tok.vocab_size
+    vocab = Vocab(tok.vocab_size)
+    model = build_model(ReferenceTrainConfig(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64), vocab)
+    before = model.get_input_embeddings().weight.detach().clone()
+    init_speech_embedding(model, vocab, feats, seed=0)
+    emb = model.get_input_embeddings().weight.detach()
+    rows = emb[vocab.speech_offset:]
+    torch.testing.assert_close(emb[:vocab.speech_offset], before[:vocab.speech_offset])  # phones, specials untouched
+    assert abs(rows.std().item() - model.config.initializer_range) < 1e-3
+    design = torch.cat([feats.float(), torch.ones(len(feats), 1)], dim=1)
+    def misfit(y):  # of the best affine function of the features (pinv: FSQ's one-hot blocks are rank-deficient)
+        return (design.double() @ (torch.linalg.pinv(design.double()) @ y.double()) - y.double()).abs().max()
+
+    assert misfit(rows) < 1e-5  # exactly linear in the features
+    assert misfit(before[vocab.speech_offset:]) > 1e-3  # which noise is not
+    if kind == "fsq":  # digits add up: changing channel 0 from 0 to 1 moves every code by the same vector
+        radix = 1
+        assert torch.allclose(rows[1] - rows[0], rows[1 + 5 * radix] - rows[0 + 5 * radix], atol=1e-6)
+    with pytest.raises(ValueError, match="tokenize the corpus with the same codec"):
+        init_speech_embedding(model, Vocab(tok.vocab_size + 1), feats, seed=0)

@@ -271,6 +271,10 @@ def test_two_processes_share_the_runs_and_give_the_same_scores(scored, tmp_path)
     merged = json.loads((tmp_path / "state.json").read_text())["runs"]
     theirs = json.loads((tmp_path / "state.rank1.json").read_text())["runs"]
     assert len(merged) == 5 and 1 <= len(theirs) < 5  # process 1 synthesized some of the runs, not all
-    assert all(merged[k]["per_item"] == one[k]["per_item"] for k in merged)
+    # the same speech and the same WER per item; not the transcripts: Whisper's hallucination on a sub-second
+    # clip ("" or "Thank you.", WER 1.0 either way) follows the process's state, which no sharing decides
+    def scored_items(run):
+        return [(r["id"], r["wer"], r["seconds"], r["truncated"]) for r in run["per_item"]]
+    assert all(scored_items(merged[k]) == scored_items(one[k]) for k in merged)
     ranks = json.loads((tmp_path / "scores.json").read_text())["layers"]
     assert [r["wli"] for r in ranks] == [r["wli"] for r in json.loads((Path(cfg.out_dir) / "scores.json").read_text())["layers"]]

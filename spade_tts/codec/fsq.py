@@ -143,6 +143,14 @@ class FSQTokenizer(MelTokenizer):
         y = self.net.decoder(self.net.fsq.values(codes[None]))[0].T
         return (y * self.mel_std + self.mel_mean).numpy()
 
+    def code_features(self) -> torch.Tensor:
+        """One-hot digits, one block per FSQ channel (codes x sum(levels)): an embedding linear in them scores a
+        code by the sum of its digits' scores, i.e. a tied head starts as a product of per-channel softmaxes."""
+        codes = torch.arange(self.vocab_size)
+        digits = (codes[:, None] // self.net.fsq.radix[None]) % self.net.fsq.levels.long()[None]
+        return torch.cat([torch.nn.functional.one_hot(digits[:, i], int(n)).float()
+                          for i, n in enumerate(self.config.levels)], dim=1)
+
     def save(self, directory: str | Path) -> None:
         """Weights in half precision, as the LM's that ship beside them (on 8 held-out utterances the codes stay
         the same and the decoded mel moves by ~1e-4 of its range); the mel statistics in full."""

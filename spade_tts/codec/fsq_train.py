@@ -33,8 +33,10 @@ def mel_statistics(mels: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_fsq(config: FSQConfig, mels: list[np.ndarray], out_dir: str | Path, minutes: float, batch_size: int = 16,
-              lr: float = 1e-3, save_minutes: float = 2.0, seed: int = 0) -> FSQTokenizer:
-    """Train for ``minutes`` of wall time in this process (summed over resumed runs); save to ``out_dir``."""
+              lr: float = 1e-3, save_minutes: float = 2.0, seed: int = 0, steps: int = 0) -> FSQTokenizer:
+    """Train for ``steps`` optimizer steps, or (``steps`` 0) for ``minutes`` of wall time in this process, both
+    summed over resumed runs; save to ``out_dir``. A step budget makes the result independent of how busy the
+    machine is (the last time-budgeted run made 40 % fewer steps while sharing the cores with a test run)."""
     out = Path(out_dir)
     ckpt = out / "fsq_train.pt"
     pool = [m for m in mels if len(m) >= CROP_FRAMES]
@@ -61,18 +63,24 @@ def train_fsq(config: FSQConfig, mels: list[np.ndarray], out_dir: str | Path, mi
                "mel_mean": mean, "mel_std": std}, ckpt)
 
     budget = minutes * 60
+
+    def progress() -> float:
+        return state["steps"] / steps if steps > 0 else state["seconds"] / budget
+
     rng = np.random.default_rng([seed, state["steps"]])
-    bar = tqdm(total=round(minutes, 1), initial=round(state["seconds"] / 60, 1), unit="min", desc="fsq tokenizer")
+    if steps > 0:
+        bar = tqdm(total=steps, initial=state["steps"], unit="step", desc="fsq tokenizer")
+    else:
+        bar = tqdm(total=round(minutes, 1), initial=round(state["seconds"] / 60, 1), unit="min", desc="fsq tokenizer")
     last_save = time.time()
     net.train()
-    while state["seconds"] < budget:
+    while progress() < 1.0:
         t0 = time.time()
         picks = [pool[i] for i in rng.integers(0, len(pool), batch_size)]
         crops = [m[s : s + CROP_FRAMES] for m in picks for s in [int(rng.integers(0, len(m) - CROP_FRAMES + 1))]]
         x = ((torch.from_numpy(np.stack(crops)) - mean) / std).transpose(1, 2).float()
-        progress = state["seconds"] / budget
         for g in opt.param_groups:
-            g["lr"] = lr * max(MIN_LR_FRACTION, 0.5 * (1 + math.cos(math.pi * progress)))
+            g["lr"] = lr * max(MIN_LR_FRACTION, 0.5 * (1 + math.cos(math.pi * progress())))
         y, codes = net(x)
         loss = (y - x).abs().mean()
         if not torch.isfinite(loss):
@@ -84,7 +92,7 @@ def train_fsq(config: FSQConfig, mels: list[np.ndarray], out_dir: str | Path, mi
         opt.step()
         state["steps"] += 1
         state["seconds"] += time.time() - t0
-        bar.n = round(state["seconds"] / 60, 1)
+        bar.n = state["steps"] if steps > 0 else round(state["seconds"] / 60, 1)
         if state["steps"] % 50 == 0:
             used = int(codes.unique().numel())
             state["log"].append({"step": state["steps"], "seconds": round(state["seconds"], 1),

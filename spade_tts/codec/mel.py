@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
+import torch
 
 LOG_FLOOR = 1e-5
 
@@ -62,6 +63,11 @@ class MelTokenizer:
     def decode_mel(self, tokens) -> np.ndarray:
         """(frames, n_mels) log-mel of ``tokens``: each kind's own (centroid look-up, or the FSQ decoder)."""
         raise NotImplementedError(f"{type(self).__name__} must define decode_mel")
+
+    def code_features(self) -> torch.Tensor:
+        """(codes, features): what each code stands for, each kind's own; an LM's speech embedding can start
+        from it (``spade train-reference code_embedding_init=true``) so that similar codes start close."""
+        raise NotImplementedError(f"{type(self).__name__} must define code_features")
 
     def decode(self, tokens, seed: int = 0) -> np.ndarray:
         if len(tokens) == 0:

@@ -106,6 +106,10 @@ class SpeechTokenizer(MelTokenizer):
             m = w * padded[:-2] + (1 - 2 * w) * padded[1:-1] + w * padded[2:]
         return m
 
+    def code_features(self) -> torch.Tensor:
+        """The centroids (codes x stack * n_mels): codes of similar spectra start with similar embeddings."""
+        return self.codebook
+
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

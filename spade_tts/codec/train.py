@@ -31,7 +31,8 @@ class CodecFitConfig:
     iters: int = 20  # kmeans: Lloyd iterations
     levels: list[int] = field(default_factory=lambda: FSQConfig().levels)  # fsq: levels per channel
     stride: int = 2  # fsq: mel frames per token (2 = 50 tokens/s)
-    minutes: float = 30.0  # fsq: training time, summed over resumed runs
+    minutes: float = 30.0  # fsq: training time, summed over resumed runs (unless steps is set)
+    steps: int = 0  # fsq: optimizer steps, summed over resumed runs; > 0 replaces the minutes budget
     batch_size: int = 16  # fsq: 2-second crops per step
     seed: int = 0
 
@@ -67,7 +68,8 @@ def fit_codec(cfg: CodecFitConfig):
         fsq = FSQConfig(levels=list(cfg.levels), stride=cfg.stride)
         analyzer = MelAnalyzer(fsq.spec)
         mels = [analyzer.log_mel(a) for a in tqdm(audios, desc="log-mel", unit="utt")]
-        tok = train_fsq(fsq, mels, cfg.out_dir, cfg.minutes, batch_size=cfg.batch_size, seed=cfg.seed)
+        tok = train_fsq(fsq, mels, cfg.out_dir, cfg.minutes, batch_size=cfg.batch_size, seed=cfg.seed,
+                        steps=cfg.steps)
         print(f"FSQ {'x'.join(map(str, fsq.levels))} = {fsq.codebook_size} codes, {fsq.tokens_per_second:g} tokens/s, "
               f"{tok.num_params / 1e6:.1f}M parameters -> {cfg.out_dir}")
         return tok

@@ -49,6 +49,10 @@ class ReferenceTrainConfig:
     log_every: int = 25
     heldout_batches: int = 4  # the held-out loss averages this many fixed batches of held-out pairs
     attention_dropout: float = 0.0
+    # start the speech rows of the (tied) embedding from the codec's description of each code (FSQ digits, k-means
+    # centroids) instead of noise: codes that sound alike start alike, so what is learned for one code carries to its
+    # neighbours (the head starts as a product of per-channel softmaxes for FSQ); docs/reference-model.md measures it
+    code_embedding_init: bool = False
     time_budget_minutes: float = 0.0  # training time over all resumed runs, then stop and export; 0 = no limit
     export_dtype: str = "float16"  # weights committed to git are stored in half precision
     loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
@@ -76,6 +80,21 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
         attention_dropout=cfg.attention_dropout,
     )
     return LlamaForCausalLM(config)
+
+
+def init_speech_embedding(model: LlamaForCausalLM, vocab: Vocab, features: torch.Tensor, seed: int) -> None:
+    """Speech rows := standardized ``features`` (codes x F) times a fixed random projection to the width, scaled
+    to the std of the model's own initialisation; nothing else changes (same class, same config)."""
+    if features.shape[0] != vocab.num_speech:
+        raise ValueError(f"the codec describes {features.shape[0]} codes but the vocabulary has {vocab.num_speech} "
+                         "speech tokens: tokenize the corpus with the same codec (delete tokens_dir and rerun)")
+    f = features.float()
+    f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    gen = torch.Generator().manual_seed(seed)
+    rows = f @ torch.randn(f.shape[1], model.config.hidden_size, generator=gen)
+    rows *= model.config.initializer_range / rows.std()
+    with torch.no_grad():
+        model.get_input_embeddings().weight[vocab.speech_offset:vocab.speech_offset + vocab.num_speech] = rows
 
 
 def fit_codec_first(cfg: ReferenceTrainConfig) -> None:
@@ -137,7 +156,12 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, vocab).to(device)
+    model = build_model(cfg, vocab)
+    if cfg.code_embedding_init:
+        from spade_tts.codec import load_tokenizer
+
+        init_speech_embedding(model, vocab, load_tokenizer(cfg.codec_dir).code_features(), cfg.seed)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     step, trained_seconds = 0, 0.0
     ckpt = out / "last.pt"
