@@ -239,3 +239,24 @@ def test_a_time_budget_spans_resumed_runs_and_a_spent_one_only_re_exports(tiny_c
     assert 0 < spent["step"] < 10_000 and spent["seconds"] >= 1.8
     train_reference(cfg)
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == spent["step"]
+
+
+def test_the_head_at_counted_positions_gives_the_models_own_loss_and_gradients(tiny_tokens):
+    from spade_tts.reference.train import build_model, next_token_loss
+
+    store = TokenStore(str(tiny_tokens))
+    vocab = Vocab(store.num_speech)
+    batch = PairSampler(store, "train", 30.0, 30.0, 0, False).batch(0, 4)
+    assert 0 < (batch["labels"] != -100).float().mean() < 1  # some positions count, some do not
+    torch.manual_seed(0)
+    model = build_model(ReferenceTrainConfig(**{k: v for k, v in TINY.items() if k in ("layers", "hidden", "heads",
+                                                                                   "kv_heads", "intermediate")}), vocab)
+    grads = []
+    for counted_only in (False, True):
+        model.zero_grad()
+        loss = next_token_loss(model, batch, counted_only)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -54,7 +54,8 @@ def train_fsq(config: FSQConfig, mels: list[np.ndarray], out_dir: str | Path, mi
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         state, mean, std = saved["state"], saved["mel_mean"], saved["mel_std"]
-        print(f"resumed {ckpt} at {state['seconds'] / 60:.1f} of {minutes:g} min ({state['steps']} steps)")
+        of = f"{steps} steps" if steps > 0 else f"{minutes:g} min"
+        print(f"resumed {ckpt} at step {state['steps']} ({state['seconds'] / 60:.1f} min trained) of {of}")
     else:
         mean, std = mel_statistics(pool)
 

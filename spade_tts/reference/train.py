@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,6 +54,9 @@ class ReferenceTrainConfig:
     # centroids) instead of noise: codes that sound alike start alike, so what is learned for one code carries to its
     # neighbours (the head starts as a product of per-channel softmaxes for FSQ); docs/reference-model.md measures it
     code_embedding_init: bool = False
+    # apply the LM head only where the loss counts (the target's speech): same loss to rounding, without a
+    # vocabulary-sized matmul at every text and prompt position (with 15,360 codes the head is a third of the model)
+    head_on_counted_only: bool = False
     time_budget_minutes: float = 0.0  # training time over all resumed runs, then stop and export; 0 = no limit
     export_dtype: str = "float16"  # weights committed to git are stored in half precision
     loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
@@ -80,6 +84,17 @@ def build_model(cfg: ReferenceTrainConfig, vocab: Vocab) -> LlamaForCausalLM:
         attention_dropout=cfg.attention_dropout,
     )
     return LlamaForCausalLM(config)
+
+
+def next_token_loss(model: LlamaForCausalLM, batch: dict[str, torch.Tensor], counted_only: bool) -> torch.Tensor:
+    """Mean cross-entropy over the counted next tokens (labels != -100): ``model(**batch).loss``, or with
+    ``counted_only`` the same through the head at those positions alone."""
+    if not counted_only:
+        return model(**batch).loss
+    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    counted = labels != -100
+    return F.cross_entropy(model.lm_head(hidden[:, :-1][counted]).float(), labels[counted])
 
 
 def init_speech_embedding(model: LlamaForCausalLM, vocab: Vocab, features: torch.Tensor, seed: int) -> None:
@@ -202,7 +217,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         for batch in heldout_batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                losses.append(model(**batch).loss.item())
+                losses.append(next_token_loss(model, batch, cfg.head_on_counted_only).item())
         model.train()
         return round(sum(losses) / len(losses), 4)
 
@@ -230,7 +245,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast:
-            loss = model(**batch).loss
+            loss = next_token_loss(model, batch, cfg.head_on_counted_only)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}; the last good checkpoint is {ckpt}: "
                                "lower lr= and rerun to resume from it")
