@@ -9,7 +9,7 @@ family's codec decoder turns the codes into audio. Item ``i`` of a call is numbe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ class SynthResult:
     guard_hits: int = 0  # length-guard interventions (phone-forced rules)
     truncated: bool = False  # the item hit a length limit
     lm_seconds: float = 0.0  # this item's share of its batch's decode-loop time (all of it at batch 1)
+    extra: dict = field(default_factory=dict)  # its batch's GenerationStats.extra (speculative decoding's counts)
 
 
 def check_texts(texts: list[str]) -> None:
@@ -68,7 +69,7 @@ def synthesize(speech, texts: list[str], prompt_audios: list[np.ndarray], prompt
             audio, sr = speech.decode_audio(codes)
             results.append(SynthResult(np.asarray(audio, dtype=np.float32), int(sr), np.asarray(codes),
                                        len(speech.speech_ids(gen.ids)), gen.guard_hits, gen.truncated,
-                                       stats.lm_seconds / len(gens)))
+                                       stats.lm_seconds / len(gens), dict(stats.extra)))
     return results
 
 
@@ -95,6 +96,13 @@ class SynthConfig:
     max_new_tokens: int | None = None  # length guard in tokens (token-sampling families); None = the family's
     device: str = "cpu"  # cpu, cuda
     int8: bool = False  # CPU: int8 weight copies in the decode step (faster at batch 1, slightly lossy)
+    # speculative decoding, lossless (the output follows the model's own distribution; docs/decoding.md): a draft
+    # proposes draft_tokens tokens, the model checks them in one forward. student=PATH (a checkpoint with the same
+    # speech tokens, e.g. the distilled student), skip=N (this model without its N least important layers by WLI in
+    # draft_scores) or skip-layers=I,J,...; '' = off
+    draft: str = ""
+    draft_tokens: int = 4  # tokens the draft proposes per full-model forward
+    draft_scores: str = ""  # scores.json of `spade score` on this model, for draft=skip=N; '' = <model>/scores.json
 
 
 def synth(cfg: SynthConfig) -> dict:
@@ -115,16 +123,21 @@ def synth(cfg: SynthConfig) -> dict:
                          "or --prompt-codes FILE.npy with --prompt-text (or none, for a family's default voice)")
     if (cfg.prompt_audio or cfg.prompt_codes) and not cfg.prompt_text:
         raise ValueError(f"--{given[0].replace('_', '-')} needs --prompt-text: the words spoken in it")
+    if cfg.draft:
+        from spade_tts.families.speculative import check_draft
+
+        check_draft(cfg.draft, cfg.draft_tokens, "static-int8" if cfg.int8 else "static")
     speech = load_speech_lm(cfg.model or None, cfg.family or None, device=cfg.device,
                             family_config=cfg.family_config or None)
-    gen_cfg = speech.generation_config(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+    gen_cfg = speech.generation_config(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,  # 0: greedy
                                        max_seconds=cfg.max_seconds, max_new_tokens=cfg.max_new_tokens,
-                                       decoder="static-int8" if cfg.int8 else "static")  # temperature 0: greedy
+                                       decoder="static-int8" if cfg.int8 else "static", draft=cfg.draft,
+                                       draft_tokens=cfg.draft_tokens, draft_scores=cfg.draft_scores)
     if cfg.prompt_codes or not given:  # the prompt's codes as given, or no voice prompt at all
         codes = np.load(cfg.prompt_codes) if cfg.prompt_codes else None
         request = speech.generation_request(cfg.text, cfg.prompt_text if codes is not None else "", codes)
-        gen = generate(speech, [request], gen_cfg)[0][0]
-        codes, hits = speech.ids_to_codes(speech.speech_ids(gen.ids)), gen.guard_hits
+        (gen,), stats = generate(speech, [request], gen_cfg)
+        codes, hits, extra = speech.ids_to_codes(speech.speech_ids(gen.ids)), gen.guard_hits, stats.extra
         audio, sr = speech.decode_audio(codes) if not cfg.output.endswith(".npy") else (None, 0)
     else:
         if cfg.prompt_voice:
@@ -136,11 +149,14 @@ def synth(cfg: SynthConfig) -> dict:
         else:
             prompt, ptext = load_audio(cfg.prompt_audio), cfg.prompt_text
         res = synthesize(speech, [cfg.text], [prompt], [ptext], gen_cfg)[0]
-        codes, hits, audio, sr = res.codes, res.guard_hits, res.audio, res.sample_rate
+        codes, hits, audio, sr, extra = res.codes, res.guard_hits, res.audio, res.sample_rate, res.extra
     note = f", {hits} phone(s) cut by the length guard" if hits else ""
+    if extra.get("proposed"):
+        note += (f"; draft {cfg.draft}: {extra['acceptance_rate']:.0%} of drafted tokens accepted, "
+                 f"{extra['tokens_per_forward']:.2f} tokens per full-model forward")
     if cfg.output.endswith(".npy"):
         np.save(cfg.output, codes)
-        print(f"wrote {cfg.output}: codes of shape {tuple(np.shape(codes))} ({speech.family})")
+        print(f"wrote {cfg.output}: codes of shape {tuple(np.shape(codes))}{note} ({speech.family})")
         return {"output": cfg.output, "codes": np.shape(codes)}
     save_wav(cfg.output, audio, sr)
     print(f"wrote {cfg.output}: {len(audio) / sr:.2f} s, {np.size(codes)} speech tokens{note} ({speech.family})")

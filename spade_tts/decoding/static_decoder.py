@@ -27,7 +27,9 @@ the decoder while the subset is in place; swapping later does not change a decod
 already exists. Build a new decoder after replacing any module or ``Parameter`` object.
 
 Left-padded batches are supported (``prefill``): positions are ``cumsum(mask) - 1`` and padded
-keys stay masked for the whole generation. Everything runs under ``torch.inference_mode``.
+keys stay masked for the whole generation. ``extend`` feeds several tokens per row in one forward
+and ``rewind`` forgets the last ones (speculative decoding's verify and rollback, tested against
+plain steps). Everything runs under ``torch.inference_mode``.
 Inference semantics only: dropout is never applied, whatever ``model.training`` says.
 """
 from __future__ import annotations
@@ -375,8 +377,6 @@ class StaticDecoder:
         self._mask_b = self._key_bias[:bsz, None, None, :]
         self._caches_b = [(k[:bsz], v[:bsz]) for k, v in self._caches]
 
-        cos = self._cos[pos].unsqueeze(1)  # (B, 1, S, D)
-        sin = self._sin[pos].unsqueeze(1)
         ar = torch.arange(width, device=self.device)
         rel = ar[:, None] - ar[None, :]  # query index - key index
         eye = rel == 0
@@ -386,32 +386,96 @@ class StaticDecoder:
             masks[None] = base[:, None]
             for w in self._windows:
                 masks[w] = (base & (rel < w))[:, None]
-        half = self.head_dim // 2
+        x = self._block(ids, pos, 0, masks)
+        return self._logits(rms(x[:, -1], *self._final_norm))
+
+    def _block(self, ids, pos, t0, masks):
+        """Hidden states after every layer for ``ids`` (B, n) at positions ``pos`` (B, n), written to
+        cache slots [t0, t0 + n); from t0 > 0 on the queries also attend to the slots before.
+        ``masks``: the attention mask per sliding window (None: all layers without one)."""
+        bsz, n = ids.shape
+        rms, half = self._rms, self.head_dim // 2
+        cos = self._cos[pos].unsqueeze(1)  # (B, 1, n, D)
+        sin = self._sin[pos].unsqueeze(1)
         x = F.embedding(ids, self._embed)
         for (kv, layer) in zip(self._caches_b, self._layers):
             ((nw, neps), wq, bq, wk, bk, wv, bv, wo, bo, qn, kn, (pw, peps),
              wg, bg, wu, bu, wd, bd, act, window, nh, nkv, hd, scale) = layer
             h = rms(x, nw, neps)
-            q = F.linear(h, wq.t(), bq).view(bsz, width, nh, hd)
-            k = F.linear(h, wk.t(), bk).view(bsz, width, nkv, hd)
-            v = F.linear(h, wv.t(), bv).view(bsz, width, nkv, hd).transpose(1, 2)
+            q = F.linear(h, wq.t(), bq).view(bsz, n, nh, hd)
+            k = F.linear(h, wk.t(), bk).view(bsz, n, nkv, hd)
+            v = F.linear(h, wv.t(), bv).view(bsz, n, nkv, hd).transpose(1, 2)
             if qn is not None:
                 q = rms(q, *qn)
             if kn is not None:
                 k = rms(k, *kn)
             q = self._rope(q.transpose(1, 2), cos, sin, half)
             k = self._rope(k.transpose(1, 2), cos, sin, half)
-            kv[0][:, :, :width] = k
-            kv[1][:, :, :width] = v
+            kv[0][:, :, t0:t0 + n] = k
+            kv[1][:, :, t0:t0 + n] = v
+            if t0:
+                k, v = kv[0][:, :, :t0 + n], kv[1][:, :, :t0 + n]
             if nh != nkv:
                 k = k.repeat_interleave(nh // nkv, dim=1)
                 v = v.repeat_interleave(nh // nkv, dim=1)
             m = masks[window]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=m is None, scale=scale)
-            x = x + F.linear(a.transpose(1, 2).reshape(bsz, width, nh * hd), wo.t(), bo)
+            x = x + F.linear(a.transpose(1, 2).reshape(bsz, n, nh * hd), wo.t(), bo)
             h = rms(x, pw, peps)
             x = x + F.linear(act(F.linear(h, wg.t(), bg)) * F.linear(h, wu.t(), bu), wd.t(), bd)
-        return self._logits(rms(x[:, -1], *self._final_norm))
+        return x
+
+    def extend(self, next_ids: torch.Tensor) -> torch.Tensor:
+        """Feed ``n`` tokens per row at once ``(B, n)``; returns the logits after each ``(B, n, V')``.
+
+        What speculative decoding verifies a draft with: one forward over the n tokens costs about
+        one step on hardware bound by reading the weights, and its logits equal n steps' to
+        rounding. Eager (no graph or compiled step) and through the float layers, as ``prefill``;
+        with ``int8_weights`` the logits come from the int8 head, as ``prefill``'s do.
+        """
+        bsz, t = self._batch, self._t
+        if bsz == 0:
+            raise RuntimeError("call prefill() before extend()")
+        if next_ids.dim() != 2 or next_ids.shape[0] != bsz or next_ids.shape[1] < 1:
+            raise ValueError(f"next_ids must have shape ({bsz}, n >= 1), got {tuple(next_ids.shape)}")
+        n = next_ids.shape[1]
+        if t + n > self.max_len:
+            raise ValueError(f"KV cache full: {t} of max_len={self.max_len} slots used, {n} more asked; "
+                             "build the decoder with a larger max_len")
+        with torch.inference_mode():
+            ar = torch.arange(n, device=self.device)
+            pos = self._pos[:bsz, None] + ar
+            self._key_bias[:bsz, t:t + n] = 0.0  # (static mode keeps unwritten slots masked)
+            slot = torch.arange(t + n, device=self.device)
+            query_slot = (t + ar)[:, None]
+            causal = torch.zeros(n, t + n, dtype=self.dtype, device=self.device).masked_fill_(
+                slot[None] > query_slot, float("-inf"))
+            base = self._key_bias[:bsz, None, None, :t + n] + causal
+            masks = {None: base}
+            for w in self._windows:
+                masks[w] = base.masked_fill(slot[None] <= query_slot - w, float("-inf"))
+            x = self._block(next_ids.to(self.device), pos, t, masks)
+            self._pos[:bsz] += n
+            self._slot.add_(n)
+            self._t = t + n
+            return self._logits(self._rms(x, *self._final_norm).reshape(bsz * n, -1)).view(bsz, n, -1)
+
+    def rewind(self, tokens: int) -> None:
+        """Forget the last ``tokens`` fed tokens of every row (a rejected draft): the next step or
+        extend continues as if they had never come. Prompt tokens cannot be forgotten."""
+        tokens = int(tokens)
+        if tokens < 0 or tokens > self._t - self._prompt_len:
+            raise ValueError(f"rewind({tokens}): between 0 and the {self._t - self._prompt_len} tokens fed since "
+                             "prefill")
+        if tokens == 0:
+            return
+        t = self._t - tokens
+        with torch.inference_mode():
+            self._pos[: self._batch] -= tokens
+            self._slot.sub_(tokens)
+            if self.static:
+                self._key_bias[: self._batch, t:self._t] = float("-inf")
+        self._t = t
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         """Feed one token per row ``(B,)`` (full-vocabulary ids, on the decoder's device); returns the

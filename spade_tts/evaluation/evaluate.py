@@ -61,6 +61,11 @@ class EvalConfig:
     max_seconds: float = 20.0  # length guard per item (phone-forced rules); token rules: max_new_tokens
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
     decoder: str = "static"  # "static-int8": int8 weights in the decode step (CPU only, lossy; docs/decoding.md)
+    # speculative decoding of every model, lossless (docs/decoding.md): student=PATH, skip=N (each model without its
+    # N least important layers by WLI in draft_scores) or skip-layers=I,J,...; '' = off
+    draft: str = ""
+    draft_tokens: int = 4  # tokens the draft proposes per full-model forward
+    draft_scores: str = ""  # scores.json of `spade score` for draft=skip=N; '' = <model>/scores.json
     out_dir: str = "runs/eval"  # audio and per-model results (resumable)
     json: str = ""  # results JSON; empty = OUT_DIR/eval.json
     asr_model: str = ""  # empty = the offline Whisper tiny.en; a local faster-whisper/HF Whisper folder otherwise
@@ -80,7 +85,8 @@ class EvalConfig:
 def generation_config(cfg: EvalConfig, speech):
     """The family's own sampling defaults with the run's settings (``None`` = keep the family's default)."""
     return speech.generation_config(**{k: getattr(cfg, k) for k in ("temperature", "top_p", "seed", "max_seconds",
-                                                                      "max_new_tokens", "decoder")})
+                                                                      "max_new_tokens", "decoder", "draft",
+                                                                      "draft_tokens", "draft_scores")})
 
 
 def load_items(cfg: EvalConfig) -> tuple[list[dict], str]:
@@ -115,6 +121,8 @@ def _cache_key(cfg: EvalConfig, spec, items: list[dict]) -> tuple[str, dict]:
                                                         "family", "asr_model", "speaker_model", "mos_model",
                                                         "device", "warmup", "rtf_runs",
                                                         "rtf_items", "dnsmos", "isolate", "decoder")}}
+    if cfg.draft:  # (only then: results stored before these settings existed keep their keys)
+        parts["settings"].update({k: getattr(cfg, k) for k in ("draft", "draft_tokens", "draft_scores")})
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
 
 
@@ -212,6 +220,14 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
                 for p in passes]
     sims = [r["sim"] for r in rows]
     speakers = sorted({r["speaker"] for r in rows if r["speaker"]})
+    drafted = [r["draft"] for r in rows if r.get("draft")]
+    speculative = None
+    if drafted:
+        total = {k: sum(d[k] for d in drafted) for k in ("proposed", "accepted", "tokens", "target_forwards")}
+        speculative = {"draft": cfg.draft, "draft_tokens": cfg.draft_tokens, **total,
+                       "acceptance_rate": total["accepted"] / total["proposed"] if total["proposed"] else None,
+                       "tokens_per_forward": (total["tokens"] / total["target_forwards"]
+                                              if total["target_forwards"] else None)}
     return {
         "label": spec.label, "model": spec.shown, "family": m["family"],
         "items": len(rows),
@@ -222,6 +238,7 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
         "rtf": {"lm": _median(lm_rtf_runs), "e2e": _median(e2e_rtf_runs)},
         "rtf_runs": {"lm": lm_rtf_runs, "e2e": e2e_rtf_runs, "items_per_run": len(passes[0]) if passes else 0},
         "tokens_per_second": _median(tps_runs),
+        "speculative": speculative,  # draft acceptance over the synthesis pass (None without a draft)
         "peak_mem_bytes": m["peak_mem_bytes"], "peak_mem_kind": m["peak_mem_kind"],
         "mem_baseline_bytes": m["mem_baseline_bytes"], "isolated": bool(cfg.isolate),
         "params": {"lm": m["params"]["lm"], "system": m["params"]["system"]}, "codec_params": m["params"]["codec"],
@@ -326,6 +343,10 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     from spade_tts.families.base import check_decoder
 
     check_decoder(cfg.decoder, cfg.device)  # before any model runs
+    if cfg.draft:
+        from spade_tts.families.speculative import check_draft
+
+        check_draft(cfg.draft, cfg.draft_tokens, cfg.decoder)
     specs = parse_model_specs(cfg.models)
     items, source = load_items(cfg)
     out_dir = Path(cfg.out_dir)
@@ -445,4 +466,11 @@ def format_table(data: dict) -> str:
         out.append(f"{data['items']['count']} items; RTF median of {len(m0['rtf_runs']['e2e'])} run(s) over "
                    f"{m0['rtf_runs']['items_per_run']} item(s), batch 1, {data['machine']['device']}; memory: {kind}; "
                    "deltas vs the first model, paired bootstrap 95 % CI over items")
+    for m in data["models"]:
+        spec = m.get("speculative")
+        if spec:
+            rate = None if spec["acceptance_rate"] is None else 100 * spec["acceptance_rate"]
+            out.append(f"{m['label']}: draft {spec['draft']} (k={spec['draft_tokens']}), {_fmt(rate, '.1f')} % of "
+                       f"drafted tokens accepted, {_fmt(spec['tokens_per_forward'], '.2f')} tokens per full-model "
+                       "forward")
     return "\n".join(out)

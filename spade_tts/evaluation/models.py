@@ -6,7 +6,7 @@ Orpheus, CosyVoice 2, ...) or a pruned or distilled student of one, which loads 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,7 @@ class SynthOutput:
     guard_hits: int
     truncated: bool
     lm_seconds: float  # decode loop only (prefill + token steps), measured by the shared loop
+    extra: dict = field(default_factory=dict)  # GenerationStats.extra (speculative decoding's counts)
 
 
 class EvalModel:
@@ -106,7 +107,7 @@ class EvalModel:
 
         res = synthesize(self.speech, [text], [prompt_audio], [prompt_text], cfg, batch_size=1)[0]
         self.sample_rate = res.sample_rate
-        return SynthOutput(res.audio, res.tokens, res.guard_hits, res.truncated, res.lm_seconds)
+        return SynthOutput(res.audio, res.tokens, res.guard_hits, res.truncated, res.lm_seconds, res.extra)
 
 
 def load_model(spec: ModelSpec, device: str, family: str = "", family_config: str = "") -> EvalModel:

@@ -104,6 +104,13 @@ class GenerationConfig:
     # small batches; spade_tts/decoding/int8_weights.py); "hf": always the LM's own forward
     decoder: str = "static"
     drop_finished: bool = True  # rows whose item ended leave the batch, where the rule's rows are independent
+    # speculative decoding (spade_tts/families/speculative.py; lossless: the output follows the model's own
+    # distribution): "student=PATH" (a checkpoint with the same speech tokens), "skip=N" (the model without its
+    # N least important layers by WLI in draft_scores, default <model>/scores.json) or "skip-layers=I,J,..."
+    # ('' = off); the draft proposes draft_tokens tokens, the model checks them in one forward
+    draft: str = ""
+    draft_tokens: int = 4
+    draft_scores: str = ""
     # phone-forced generation (the builtin family): a phone lasting longer than this is ended by force; an
     # item is cut at max_seconds, and (> 0) at max_length_ratio x the length its prompt's speaking rate predicts
     max_phone_seconds: float = 0.6

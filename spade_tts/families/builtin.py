@@ -41,17 +41,35 @@ def item_uniforms(seed: int, item: int, steps: int) -> torch.Tensor:
     return torch.rand(steps, 2, generator=gen)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
-    """Greedy when temperature == 0, else nucleus sampling by inverse CDF with one uniform ``u`` per row."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
+def _nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities sorted descending with the tail past ``top_p`` zeroed, their columns); not normalized."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)
     if top_p < 1.0:
         sorted_p = sorted_p * (sorted_p.cumsum(dim=-1) - sorted_p < top_p)
+    return sorted_p, order
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Greedy when temperature == 0, else nucleus sampling by inverse CDF with one uniform ``u`` per row."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    sorted_p, order = _nucleus(logits, temperature, top_p)
     cdf = sorted_p.cumsum(dim=-1)
     pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True).clamp_(max=cdf.shape[1] - 1)
     return order.gather(1, pick).squeeze(1)
+
+
+def _move_on_logit(logits: torch.Tensor, nxt_cols: torch.Tensor, move_on: slice | None) -> torch.Tensor:
+    """The logit of moving on: of the next phone (or end) alone, or of every token in ``move_on``."""
+    if move_on is None:
+        return logits.gather(1, nxt_cols[:, None]).squeeze(1)
+    return torch.logsumexp(logits[:, move_on].float(), dim=1)
+
+
+def _move_on_probability(speech: torch.Tensor, adv_logit: torch.Tensor) -> torch.Tensor:
+    lse = torch.logsumexp(torch.cat([speech.float(), adv_logit[:, None].float()], dim=1), dim=1)
+    return (adv_logit.float() - lse).exp()
 
 
 def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor, cfg: GenerationConfig,
@@ -66,19 +84,31 @@ def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor
     codes moves mass away from the single move-on token. ``u`` (rows, 2): the rows' uniform draws.
     """
     speech = logits[:, lo:hi]
-    if move_on is None:
-        adv_logit = logits.gather(1, nxt_cols[:, None]).squeeze(1)
-    else:
-        adv_logit = torch.logsumexp(logits[:, move_on].float(), dim=1)
+    adv_logit = _move_on_logit(logits, nxt_cols, move_on)
     if cfg.greedy or cfg.temperature <= 0:
         advance = adv_logit > speech.max(dim=-1).values
         codes = speech.argmax(dim=-1) + lo
     else:
-        lse = torch.logsumexp(torch.cat([speech.float(), adv_logit[:, None].float()], dim=1), dim=1)
-        p_adv = (adv_logit.float() - lse).exp()
-        advance = u[:, 0] < p_adv
+        advance = u[:, 0] < _move_on_probability(speech, adv_logit)
         codes = sample_next(speech, cfg.temperature, cfg.top_p, u[:, 1]) + lo
     return torch.where(advance, nxt_cols, codes)
+
+
+def token_distribution(logits: torch.Tensor, lo: int, hi: int, nxt_col: int, cfg: GenerationConfig,
+                       move_on: slice | None = None) -> torch.Tensor:
+    """What :func:`choose_tokens` draws from for one row (``logits``: (columns,)), as float64 probabilities."""
+    out = torch.zeros(logits.shape[-1], dtype=torch.float64)
+    nxt = torch.tensor([nxt_col], device=logits.device)
+    if cfg.greedy or cfg.temperature <= 0:
+        out[int(choose_tokens(logits[None], lo, hi, nxt, cfg, None, move_on)[0])] = 1.0
+        return out
+    speech = logits[None, lo:hi]
+    p_adv = float(_move_on_probability(speech, _move_on_logit(logits[None], nxt, move_on))[0])
+    sorted_p, order = _nucleus(speech, cfg.temperature, cfg.top_p)
+    nucleus = torch.zeros(hi - lo, dtype=torch.float64).scatter_(0, order[0].cpu(), sorted_p[0].double().cpu())
+    out[lo:hi] = (1.0 - p_adv) * nucleus / nucleus.sum()
+    out[nxt_col] += p_adv
+    return out
 
 
 @dataclass
@@ -122,38 +152,76 @@ class PhoneForcedSampler:
         self.guard_hits = [0] * n
         self.truncated = [False] * n
         self.done = [False] * n
+        self.at_guard = [False] * n  # distribution() found the phone at its length limit (speculative decoding)
+
+    def _next_phone(self, b: int) -> int:
+        """The token that moving on emits: the next target phone, or speech_end after the last."""
+        return self.targets[b][self.pointer[b]] if self.pointer[b] < len(self.targets[b]) else self.vocab.speech_end
 
     def choose(self, step: int, logits: torch.Tensor, live: list[int]) -> list[int]:
-        vocab, end = self.vocab, self.vocab.speech_end
-        nxt = [self.targets[b][self.pointer[b]] if self.pointer[b] < len(self.targets[b]) else end for b in live]
+        nxt = [self._next_phone(b) for b in live]
         u = self.uniforms[live, step].to(logits.device) if self.uniforms is not None else None
         nxt_cols = torch.tensor(nxt, device=logits.device) - self.off
         choice = (choose_tokens(logits, self.lo, self.hi, nxt_cols, self.cfg, u, self.move_on) + self.off).tolist()
         for j, b in enumerate(live):
             if self.done[b]:
-                choice[j] = end  # a finished row still in the batch steps with a known token; ignored
+                choice[j] = self.vocab.speech_end  # a finished row still in the batch steps with a known token; ignored
                 continue
-            if choice[j] >= vocab.speech_offset and self.frames_in_phone[b] >= self.max_phone:
+            if choice[j] >= self.vocab.speech_offset and self.frames_in_phone[b] >= self.max_phone:
                 choice[j] = nxt[j]  # length guard: this phone has lasted too long
                 self.guard_hits[b] += 1
-            self.out[b].append(choice[j])
-            if choice[j] >= vocab.speech_offset:
-                self.codes[b] += 1
-                self.frames_in_phone[b] += 1
-                if self.codes[b] >= self.caps[b]:
-                    self.done[b] = self.truncated[b] = True
-            elif choice[j] == end:
-                self.done[b] = True
-            else:
-                self.pointer[b] += 1
-                self.frames_in_phone[b] = 0
+            self.push(b, choice[j])
         return choice
+
+    def push(self, b: int, token: int) -> None:
+        """Item ``b`` emits ``token`` (a speech code, its next phone or speech_end)."""
+        vocab = self.vocab
+        if self.at_guard[b]:  # the move distribution() forced
+            self.guard_hits[b] += 1
+            self.at_guard[b] = False
+        self.out[b].append(token)
+        if token >= vocab.speech_offset:
+            self.codes[b] += 1
+            self.frames_in_phone[b] += 1
+            if self.codes[b] >= self.caps[b]:
+                self.done[b] = self.truncated[b] = True
+        elif token == vocab.speech_end:
+            self.done[b] = True
+        else:
+            self.pointer[b] += 1
+            self.frames_in_phone[b] = 0
 
     def finished(self, b: int) -> bool:
         return self.done[b]
 
     def result(self, b: int) -> Generation:
         return Generation(self.out[b], self.guard_hits[b], self.truncated[b])
+
+    # what speculative decoding needs (spade_tts.families.speculative): the rule as a distribution
+    def distribution(self, b: int, logits: torch.Tensor) -> torch.Tensor:
+        """Item ``b``'s next-token distribution over the columns (float64), what :meth:`choose` draws from.
+
+        A phone past ``max_phone_seconds`` moves on for sure. The move is counted as a guard hit when it
+        is pushed if the rule without the guard could have gone on with speech: exactly :meth:`choose`'s
+        count when greedy; when sampling, an upper bound (choose counts only the draws that were speech).
+        """
+        nxt_col = self._next_phone(b) - self.off
+        free = token_distribution(logits.float(), self.lo, self.hi, nxt_col, self.cfg, self.move_on)
+        self.at_guard[b] = self.frames_in_phone[b] >= self.max_phone and float(free[nxt_col]) < 1.0
+        if self.frames_in_phone[b] < self.max_phone:
+            return free
+        out = torch.zeros_like(free)
+        out[nxt_col] = 1.0
+        return out
+
+    def snapshot(self, b: int):
+        return (len(self.out[b]), self.pointer[b], self.frames_in_phone[b], self.codes[b], self.guard_hits[b],
+                self.truncated[b], self.done[b], self.at_guard[b])
+
+    def restore(self, b: int, snap) -> None:
+        (n, self.pointer[b], self.frames_in_phone[b], self.codes[b], self.guard_hits[b], self.truncated[b],
+         self.done[b], self.at_guard[b]) = snap
+        del self.out[b][n:]
 
 
 class BuiltinSpeechLM(SpeechLM):

@@ -18,7 +18,10 @@ family's :meth:`SpeechLM.token_mask` (OuteTTS 1.0: its word-block grammar) with 
 top-k, top-p and min-p after an optional repetition penalty, then optionally CosyVoice 2's
 repetition-aware redraw, from one seeded CPU generator; the built-in model's rule forces its
 phones in order (``spade_tts.families.builtin``). Without a config, the family's
-``generation_defaults()`` apply.
+``generation_defaults()`` apply. With ``GenerationConfig.draft`` the same loop hands the batch to
+speculative decoding (``spade_tts.families.speculative``): same distribution, items one at a time,
+for which the rules also give their choice as a distribution (``distribution``/``push``/
+``snapshot``/``restore``) and the engines can ``extend`` by several tokens and ``rewind``.
 """
 from __future__ import annotations
 
@@ -41,25 +44,44 @@ def static_supported(lm) -> bool:
             and hasattr(getattr(lm, "model"), "layers") and hasattr(lm, "get_output_embeddings"))
 
 
-def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
-    """Column index per row: argmax (greedy or temperature 0) or temperature + top-k/top-p/min-p sampling."""
-    if cfg.greedy or cfg.temperature <= 0:
-        return logits.argmax(-1)
+def _filtered(logits: torch.Tensor, cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sampling distribution before normalizing: (probabilities, None) in column order, or, with a
+    top-p / min-p cut, (kept probabilities sorted descending, their columns)."""
     scaled = logits.float().cpu() / cfg.temperature
     if 0 < cfg.top_k < scaled.shape[-1]:  # ties with the k-th are kept, as HF's top-k does
         scaled = scaled.masked_fill(scaled < scaled.topk(cfg.top_k, dim=-1).values[:, -1:], float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
-    if 0 < cfg.top_p < 1 or cfg.min_p > 0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        keep = torch.ones_like(sorted_p, dtype=torch.bool)
-        if 0 < cfg.top_p < 1:
-            keep &= (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p  # the top token is always kept
-        if cfg.min_p > 0:
-            keep &= sorted_p >= cfg.min_p * sorted_p[:, :1]
-        sorted_p = sorted_p * keep
-        choice = torch.multinomial(sorted_p, 1, generator=gen).squeeze(-1)
-        return order.gather(-1, choice[:, None]).squeeze(-1).to(logits.device)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(logits.device)
+    if not (0 < cfg.top_p < 1 or cfg.min_p > 0):
+        return probs, None
+    sorted_p, order = probs.sort(-1, descending=True)
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if 0 < cfg.top_p < 1:
+        keep &= (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p  # the top token is always kept
+    if cfg.min_p > 0:
+        keep &= sorted_p >= cfg.min_p * sorted_p[:, :1]
+    return sorted_p * keep, order
+
+
+def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
+    """Column index per row: argmax (greedy or temperature 0) or temperature + top-k/top-p/min-p sampling."""
+    if cfg.greedy or cfg.temperature <= 0:
+        return logits.argmax(-1)
+    probs, order = _filtered(logits, cfg)
+    choice = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    if order is not None:
+        choice = order.gather(-1, choice[:, None]).squeeze(-1)
+    return choice.to(logits.device)
+
+
+def pick_distribution(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """What :func:`_pick` draws from, normalized, in column order (float64; one-hot when greedy)."""
+    if cfg.greedy or cfg.temperature <= 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1).cpu(), logits.shape[-1]).double()
+    probs, order = _filtered(logits, cfg)
+    if order is not None:
+        probs = torch.zeros_like(probs).scatter_(-1, order, probs)
+    probs = probs.double()
+    return probs / probs.sum(-1, keepdim=True)
 
 
 def repetition_aware(cols: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, generated: list[list[int]],
@@ -75,6 +97,23 @@ def repetition_aware(cols: torch.Tensor, logits: torch.Tensor, rows: torch.Tenso
             probs = torch.softmax(logits[b].float().cpu() / cfg.temperature, dim=-1)
             out[b] = int(torch.multinomial(probs, 1, generator=gen))
     return out
+
+
+def repetition_aware_distribution(probs: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, history: list[int],
+                                  cfg: GenerationConfig) -> torch.Tensor:
+    """What :func:`repetition_aware` turns one row's nucleus distribution ``probs`` into: the mass of every
+    column it would redraw moves to the whole distribution at the sampling temperature."""
+    if cfg.ras_window <= 0 or cfg.greedy or cfg.temperature <= 0:
+        return probs
+    recent = history[-cfg.ras_window:]
+    col = {r: c for c, r in enumerate(rows.tolist())}
+    over = [col[t] for t in set(recent) if t in col and recent.count(t) >= cfg.ras_window * cfg.ras_tau]
+    if not over:
+        return probs
+    redrawn = float(probs[over].sum())
+    out = probs.clone()
+    out[over] = 0.0
+    return out + redrawn * torch.softmax(logits.double().cpu() / cfg.temperature, dim=-1)
 
 
 def repetition_penalty(logits: torch.Tensor, col: dict[int, int], contexts: list[list[int]], penalty: float,
@@ -124,6 +163,30 @@ class _HFEngine:
         self.cache = output_cache(out)
         return out.logits[:, -1].index_select(-1, self.vocab_ids)
 
+    @torch.inference_mode()
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed (B, n) tokens at once; logits after each (B, n, len(rows))."""
+        from spade_tts.hf_compat import cache_kwargs, output_cache
+
+        n = ids.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(ids), n)], dim=1)
+        pos = self.pos[:, None] + torch.arange(1, n + 1, device=self.device)
+        out = self.lm(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos, use_cache=True,
+                      **cache_kwargs(self.lm, self.cache))
+        self.cache, self.pos = output_cache(out), pos[:, -1]
+        return out.logits.index_select(-1, self.vocab_ids)
+
+    def rewind(self, tokens: int) -> None:
+        """Forget the last ``tokens`` fed tokens (the cache must be one HF can cut back: DynamicCache)."""
+        if tokens <= 0:
+            return
+        if not hasattr(self.cache, "crop"):
+            raise ValueError(f"{type(self.lm).__name__} returns a {type(self.cache).__name__}, which cannot be cut "
+                             "back after a rejected draft; speculative decoding needs an HF DynamicCache")
+        self.mask = self.mask[:, :-tokens]
+        self.pos = self.pos - tokens
+        self.cache.crop(-tokens)  # negative: drop that many (transformers 5 refuses the 4.x absolute length)
+
 
 def decode_engine(lm, batch: int, max_len: int, rows: torch.Tensor, decoder: str = "static"):
     """The engine ``decoder`` names for ``lm``: prefill(ids, mask) and step(ids) give logits over ``rows``."""
@@ -161,6 +224,10 @@ class Sampler(Protocol):
 
     def result(self, b: int) -> "Generation":
         """What item ``b`` generated."""
+
+    # rules that speculative decoding can run also give (spade_tts.families.speculative):
+    # distribution(b, logits) -> float64 probabilities over the columns, what choose() would draw item b's next
+    # token from; push(b, token) emits it; snapshot(b) / restore(b, snap) undo pushes (rejected drafts)
 
 
 @dataclass
@@ -204,7 +271,8 @@ class TokenSampler:
         self.out: list[list[int]] = [[] for _ in prompts]
         self.done = [False] * len(prompts)
 
-    def choose(self, step: int, logits: torch.Tensor, live: list[int]) -> list[int]:
+    def _masked(self, step: int, logits: torch.Tensor, live: list[int]) -> torch.Tensor:
+        """``logits`` after the repetition penalty, the family's token mask and the min-length stop mask."""
         cfg, rows = self.cfg, self.rows
         if cfg.repetition_penalty != 1.0:
             logits = repetition_penalty(logits, self.col_of, [self.prompts[b] + self.out[b] for b in live],
@@ -215,14 +283,18 @@ class TokenSampler:
             allowed[..., self.stop_cols] = False
         if allowed is not None:  # out of place: the engines hand out inference-mode tensors
             logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-        cols = repetition_aware(_pick(logits, cfg, self.gen), logits, rows, [self.out[b] for b in live], cfg, self.gen)
-        nxt = rows[cols.cpu()].tolist()
+        return logits
+
+    def choose(self, step: int, logits: torch.Tensor, live: list[int]) -> list[int]:
+        logits = self._masked(step, logits, live)
+        cols = repetition_aware(_pick(logits, self.cfg, self.gen), logits, self.rows, [self.out[b] for b in live],
+                                self.cfg, self.gen)
+        nxt = self.rows[cols.cpu()].tolist()
         for j, b in enumerate(live):
             if self.done[b]:
                 nxt[j] = self.out[b][-1]  # a stopped row keeps feeding its stop id; not extended
                 continue
-            self.out[b].append(nxt[j])
-            self.done[b] = nxt[j] in self.stops
+            self.push(b, nxt[j])
         return nxt
 
     def finished(self, b: int) -> bool:
@@ -230,6 +302,25 @@ class TokenSampler:
 
     def result(self, b: int) -> Generation:
         return Generation(self.out[b], truncated=not self.done[b])
+
+    # what speculative decoding needs (spade_tts.families.speculative): the rule as a distribution
+    def distribution(self, b: int, logits: torch.Tensor) -> torch.Tensor:
+        """Item ``b``'s next-token distribution over the columns (float64), given its logits (len(rows),)."""
+        logits = self._masked(len(self.out[b]), logits[None].float(), [b])
+        probs = pick_distribution(logits, self.cfg)[0]
+        return repetition_aware_distribution(probs, logits[0], self.rows, self.out[b], self.cfg)
+
+    def push(self, b: int, token: int) -> None:
+        """Item ``b`` emits ``token``."""
+        self.out[b].append(token)
+        self.done[b] = token in self.stops
+
+    def snapshot(self, b: int):
+        return len(self.out[b]), self.done[b]
+
+    def restore(self, b: int, snap) -> None:
+        n, self.done[b] = snap
+        del self.out[b][n:]
 
 
 def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,6 +349,12 @@ def generate(speech: SpeechLM, requests: list[GenerationRequest], cfg: Generatio
     prompts = [r.prompt for r in requests]
     ids, mask = left_padded(prompts, speech.pad_id)
     item_ids = list(range(len(requests))) if item_ids is None else list(item_ids)
+    if cfg.draft:  # same distribution, fewer full-model forwards (items one at a time)
+        from spade_tts.families.speculative import generate_speculative
+
+        results, stats = generate_speculative(speech, requests, cfg, item_ids)
+        _warn_truncated(results, cfg)
+        return results, stats
     sampler = speech.sampler(requests, cfg, item_ids)
     device = next(speech.lm.parameters()).device
     runner = decode_engine(speech.lm, len(prompts), ids.shape[1] + sampler.max_steps + 1, sampler.rows, cfg.decoder)
@@ -280,12 +377,16 @@ def generate(speech: SpeechLM, requests: list[GenerationRequest], cfg: Generatio
     _sync(device)
     stats = GenerationStats(time.perf_counter() - started, step)
     results = [sampler.result(b) for b in range(len(prompts))]
+    _warn_truncated(results, cfg)
+    return results, stats
+
+
+def _warn_truncated(results: list[Generation], cfg: GenerationConfig) -> None:
     cut = sum(r.truncated for r in results)
     if cut:
         warnings.warn(f"{cut} of {len(results)} generation(s) hit a length limit without a stop token "
                       f"(max_new_tokens={cfg.max_new_tokens}; phone-forced rules: max_seconds={cfg.max_seconds}, "
-                      f"max_length_ratio={cfg.max_length_ratio}): the speech may be cut short", stacklevel=3)
-    return results, stats
+                      f"max_length_ratio={cfg.max_length_ratio}): the speech may be cut short", stacklevel=4)
 
 
 def generate_ids(speech: SpeechLM, prompts: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[int]]:
