@@ -72,6 +72,7 @@ def load_requests(speech, args) -> tuple[list, list[dict]]:
 def run_config(speech, requests, cfg) -> dict:
     """Every request at batch 1 through the shared loop: decode-loop seconds, tokens, the draft's counts."""
     from spade_tts.families.generate import generate
+    from spade_tts.families.speculative import draft_summary
 
     out = {"seconds": 0.0, "tokens": 0, "proposed": 0, "accepted": 0, "target_forwards": 0, "draft_forwards": 0}
     for i, req in enumerate(requests):
@@ -85,9 +86,7 @@ def run_config(speech, requests, cfg) -> dict:
     out["tokens_per_second"] = out["tokens"] / out["seconds"]
     if out["proposed"]:
         rounds = out["target_forwards"] - len(requests)  # one prefill per item
-        out.update(acceptance_rate=out["accepted"] / out["proposed"],
-                   tokens_per_forward=out["tokens"] / out["target_forwards"],
-                   tokens_per_round=out["tokens"] / rounds,
+        out.update(draft_summary(out), tokens_per_round=out["tokens"] / rounds,
                    draft_forwards_per_round=(out["draft_forwards"] - len(requests)) / rounds)
     return out
 

@@ -223,11 +223,10 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
     drafted = [r["draft"] for r in rows if r.get("draft")]
     speculative = None
     if drafted:
-        total = {k: sum(d[k] for d in drafted) for k in ("proposed", "accepted", "tokens", "target_forwards")}
-        speculative = {"draft": cfg.draft, "draft_tokens": cfg.draft_tokens, **total,
-                       "acceptance_rate": total["accepted"] / total["proposed"] if total["proposed"] else None,
-                       "tokens_per_forward": (total["tokens"] / total["target_forwards"]
-                                              if total["target_forwards"] else None)}
+        from spade_tts.families.speculative import DRAFT_COUNTS, draft_summary
+
+        speculative = {"draft": cfg.draft, "draft_tokens": cfg.draft_tokens,
+                       **draft_summary({k: sum(d[k] for d in drafted) for k in DRAFT_COUNTS})}
     return {
         "label": spec.label, "model": spec.shown, "family": m["family"],
         "items": len(rows),

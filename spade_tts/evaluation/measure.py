@@ -71,7 +71,9 @@ def synthesize_and_time(cfg, spec, items: list[dict], wav_names: dict[str, str],
                      "lm_seconds": round(lm_s, 5), "e2e_seconds": round(e2e_s, 5),
                      "guard_hits": res.guard_hits, "truncated": res.truncated})
         if res.extra.get("proposed") is not None:  # speculative decoding: what the draft achieved on this item
-            rows[-1]["draft"] = {k: res.extra[k] for k in ("proposed", "accepted", "tokens", "target_forwards")}
+            from spade_tts.families.speculative import DRAFT_COUNTS
+
+            rows[-1]["draft"] = {k: res.extra[k] for k in DRAFT_COUNTS}
         if i < n_rtf:
             first.append([lm_s, e2e_s, seconds, res.tokens])
         bar.update()

@@ -39,6 +39,13 @@ from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechL
 
 KINDS = ("student=PATH", "skip=N", "skip-layers=I,J,...")
 RULE_METHODS = ("distribution", "push", "snapshot", "restore")
+DRAFT_COUNTS = ("proposed", "accepted", "tokens", "target_forwards")  # what an item records; sums over items add up
+
+
+def draft_summary(counts: dict) -> dict:
+    """``counts`` (at least DRAFT_COUNTS) with the two rates derived from them (None where nothing was proposed)."""
+    return {**counts, "acceptance_rate": counts["accepted"] / counts["proposed"] if counts["proposed"] else None,
+            "tokens_per_forward": counts["tokens"] / counts["target_forwards"] if counts["target_forwards"] else None}
 
 
 def parse_draft(text: str) -> tuple[str, object]:
@@ -301,11 +308,8 @@ def generate_speculative(speech: SpeechLM, requests: list[GenerationRequest], cf
                      item_generator(cfg.seed, item), counts, device)
     _sync(device)
     stats = GenerationStats(time.perf_counter() - started, counts.tokens)
-    stats.extra.update({
-        "draft": cfg.draft or "student (given)", "draft_tokens": k, "proposed": counts.proposed,
-        "accepted": counts.accepted, "acceptance_rate": counts.accepted / counts.proposed if counts.proposed else None,
-        "tokens": counts.tokens, "target_forwards": counts.target_forwards, "draft_forwards": counts.draft_forwards,
-        "tokens_per_forward": counts.tokens / counts.target_forwards if counts.target_forwards else None})
+    stats.extra.update({"draft": cfg.draft or "student (given)", "draft_tokens": k,
+                        **draft_summary(vars(counts))})
     return [sampler.result(b) for b in range(len(requests))], stats
 
 
