@@ -2,6 +2,7 @@
 
     python3 benchmarks/speculative.py --threads 1                        # CPU: the table in docs/decoding.md
     python3 benchmarks/speculative.py --skips 2,4,6 --ks 1,2,3,4,5,6 --student runs/distill/final
+    python3 benchmarks/speculative.py --skips 4 --ks 2,4 --accepts exact,groups=64,groups=256   # group-level
     python3 benchmarks/speculative.py --device cuda --requests-from benchmarks/results/speculative_cpu.json
 
 For each draft (the model with its N least important layers by WLI skipped, N in ``--skips``, and
@@ -13,6 +14,10 @@ forward (plain: 1), tokens/s of the decode loop (prefill included, summed over t
 speed-up over plain decoding. Plain decoding is timed first and last (the two bracket the drift of a
 shared machine). Sampled outputs of plain and speculative decoding differ (other random streams, same
 distribution), so items differ in length; tokens/s is per token.
+
+Each ``--accepts`` mode is a row of its own: ``exact`` (lossless) and ``groups=N`` (group-level
+acceptance over N groups of alike speech tokens; the group sequence is the model's, the tokens within
+a group the draft's, so not lossless): never pooled with the exact rows.
 
 Which layers a skip draft drops comes from ``--scores`` (a ``spade score`` scores.json of this model;
 the default is the 56-item WLI ranking committed with the docs, ``docs/builtin_scores_56.json``,
@@ -162,6 +167,7 @@ def main() -> None:
     ap.add_argument("--skips", default="2,4,6", help="skip drafts: numbers of least important layers to skip")
     ap.add_argument("--student", action="append", default=[], help="a student checkpoint as a draft (repeatable)")
     ap.add_argument("--ks", default="1,2,3,4,5,6", help="tokens drafted per full-model forward")
+    ap.add_argument("--accepts", default="exact", help="acceptance modes: exact (lossless), groups=N (not lossless)")
     ap.add_argument("--scores", default=str(DEFAULT_SCORES), help="scores.json (WLI) of the built-in model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=20.0, help="length guard per item (spade eval's)")
@@ -172,7 +178,7 @@ def main() -> None:
 
     from spade_tts.evaluation.evaluate import machine_info
     from spade_tts.families.registry import load_speech_lm
-    from spade_tts.families.speculative import skipped_layers
+    from spade_tts.families.speculative import parse_accept, skipped_layers
     from spade_tts.pruning.layers import model_fingerprint
 
     if args.threads > 0:
@@ -180,6 +186,9 @@ def main() -> None:
     device = torch.device(args.device)
     speech = load_speech_lm(None, device=args.device)
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    accepts = [a.strip() for a in args.accepts.split(",") if a.strip()]
+    for a in accepts:
+        parse_accept(a)
     base = speech.generation_defaults(max_seconds=args.max_seconds, seed=args.seed)  # what `spade eval` samples with
     drafts = {}  # name -> (skipped layers or None, student LM or None, draft setting)
     for n in [int(s) for s in args.skips.split(",") if s.strip()]:
@@ -205,31 +214,33 @@ def main() -> None:
         plain.append(run_config(speech, requests, base))
         print(f"plain: {plain[0]['tokens_per_second']:.1f} tok/s ({plain[0]['tokens']} tokens)", flush=True)
         for name, (skip, _, setting) in drafts.items():
-            for k in ks:
-                cfg = dataclasses.replace(base, draft=setting, draft_tokens=k, draft_scores=args.scores)
-                row = {"draft": name, "skipped": skip, "k": k, **run_config(speech, requests, cfg)}
+            for accept, k in [(a, k) for a in accepts for k in ks]:
+                cfg = dataclasses.replace(base, draft=setting, draft_tokens=k, draft_scores=args.scores,
+                                          draft_accept=accept)
+                row = {"draft": name, "skipped": skip, "k": k, "accept": accept, **run_config(speech, requests, cfg)}
                 rows.append(row)
-                print(f"{name} k={k}: accepted {100 * row['acceptance_rate']:.1f} %, {row['tokens_per_forward']:.2f} "
-                      f"tok/forward, {row['tokens_per_second']:.1f} tok/s", flush=True)
+                print(f"{name} k={k} {accept}: accepted {100 * row['acceptance_rate']:.1f} %, "
+                      f"{row['tokens_per_forward']:.2f} tok/forward, {row['tokens_per_second']:.1f} tok/s", flush=True)
         plain.append(run_config(speech, requests, base))
         plain_tps = statistics.mean(p["tokens_per_second"] for p in plain)
         for row in rows:
             row["speedup"] = row["tokens_per_second"] / plain_tps
     elif args.requests_from:  # acceptance from the earlier run, timings from this device
-        rows = [{key: r[key] for key in ("draft", "skipped", "k", "acceptance_rate", "tokens_per_forward",
-                                         "tokens_per_round", "draft_forwards_per_round")}
+        rows = [{**{key: r[key] for key in ("draft", "skipped", "k", "acceptance_rate", "tokens_per_forward",
+                                            "tokens_per_round", "draft_forwards_per_round")},
+                 "accept": r.get("accept", "exact")}
                 for r in json.loads(Path(args.requests_from).read_text())["configs"]
-                if r["draft"] in drafts and r["k"] in ks]
+                if r["draft"] in drafts and r["k"] in ks and r.get("accept", "exact") in accepts]
     for row in rows:
         row["projected_speedup"] = projected(row, comp, row["draft"], row["k"])
 
-    print(f"\n{'draft':<10} {'k':>2} {'accepted %':>10} {'tok/forward':>11} {'tok/s':>7} {'speed-up':>8} "
+    print(f"\n{'draft':<10} {'k':>2} {'accept':<10} {'accepted %':>10} {'tok/forward':>11} {'tok/s':>7} {'speed-up':>8} "
           f"{'projected':>9}")
     if plain:
-        print(f"{'plain':<10} {'-':>2} {'-':>10} {1.0:>11.2f} {plain_tps:>7.1f} {1.0:>8.2f} {1.0:>9.2f}")
+        print(f"{'plain':<10} {'-':>2} {'-':<10} {'-':>10} {1.0:>11.2f} {plain_tps:>7.1f} {1.0:>8.2f} {1.0:>9.2f}")
     for r in rows:
         tps, sp, pr = r.get("tokens_per_second"), r.get("speedup"), r.get("projected_speedup")
-        print(f"{r['draft']:<10} {r['k']:>2} {100 * r['acceptance_rate']:>10.1f} {r['tokens_per_forward']:>11.2f} "
+        print(f"{r['draft']:<10} {r['k']:>2} {r['accept']:<10} {100 * r['acceptance_rate']:>10.1f} {r['tokens_per_forward']:>11.2f} "
               f"{'-' if tps is None else f'{tps:.1f}':>7} {'-' if sp is None else f'{sp:.2f}x':>8} "
               f"{'-' if pr is None else f'{pr:.2f}x':>9}")
 

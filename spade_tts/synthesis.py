@@ -103,6 +103,7 @@ class SynthConfig:
     draft: str = ""
     draft_tokens: int = 4  # tokens the draft proposes per full-model forward
     draft_scores: str = ""  # scores.json of `spade score` on this model, for draft=skip=N; '' = <model>/scores.json
+    draft_accept: str = "exact"  # or groups=N: group-level acceptance, not lossless (docs/decoding.md)
 
 
 def synth(cfg: SynthConfig) -> dict:
@@ -126,13 +127,14 @@ def synth(cfg: SynthConfig) -> dict:
     if cfg.draft:
         from spade_tts.families.speculative import check_draft
 
-        check_draft(cfg.draft, cfg.draft_tokens, "static-int8" if cfg.int8 else "static")
+        check_draft(cfg.draft, cfg.draft_tokens, "static-int8" if cfg.int8 else "static", cfg.draft_accept)
     speech = load_speech_lm(cfg.model or None, cfg.family or None, device=cfg.device,
                             family_config=cfg.family_config or None)
     gen_cfg = speech.generation_config(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,  # 0: greedy
                                        max_seconds=cfg.max_seconds, max_new_tokens=cfg.max_new_tokens,
                                        decoder="static-int8" if cfg.int8 else "static", draft=cfg.draft,
-                                       draft_tokens=cfg.draft_tokens, draft_scores=cfg.draft_scores)
+                                       draft_tokens=cfg.draft_tokens, draft_scores=cfg.draft_scores,
+                                       draft_accept=cfg.draft_accept)
     if cfg.prompt_codes or not given:  # the prompt's codes as given, or no voice prompt at all
         codes = np.load(cfg.prompt_codes) if cfg.prompt_codes else None
         request = speech.generation_request(cfg.text, cfg.prompt_text if codes is not None else "", codes)
@@ -153,7 +155,8 @@ def synth(cfg: SynthConfig) -> dict:
     note = f", {hits} phone(s) cut by the length guard" if hits else ""
     if extra.get("proposed"):
         note += (f"; draft {cfg.draft}: {extra['acceptance_rate']:.0%} of drafted tokens accepted, "
-                 f"{extra['tokens_per_forward']:.2f} tokens per full-model forward")
+                 f"{extra['tokens_per_forward']:.2f} tokens per full-model forward"
+                 + ("" if cfg.draft_accept == "exact" else f" ({cfg.draft_accept} acceptance: not lossless)"))
     if cfg.output.endswith(".npy"):
         np.save(cfg.output, codes)
         print(f"wrote {cfg.output}: codes of shape {tuple(np.shape(codes))}{note} ({speech.family})")

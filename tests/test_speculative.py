@@ -474,3 +474,104 @@ def test_spade_eval_with_a_draft_reports_acceptance_per_item_and_per_model(tiny_
     assert spec["draft"] == "skip-layers=1,2" and spec["draft_tokens"] == 2
     assert 0 <= spec["acceptance_rate"] <= 1 and spec["tokens_per_forward"] >= 1
     assert sum(r["draft"]["tokens"] for r in m["per_item"]) == spec["tokens"] > 0
+
+
+# ---------------------------------------------------------------- (d) group-level acceptance (not lossless)
+
+
+def test_speech_token_groups_put_tokens_with_alike_embeddings_together(tmp_path):
+    """k-means over the model's own speech-token embeddings: three planted pairs come out as three groups; every
+    other column (the stop id) is a group of its own; the same groups on every call."""
+    from spade_tts.families.speculative import column_groups, speech_token_groups
+
+    layout = SpeechLayout(speech_start=8, speech_end=14, stop_ids=(14,))
+    speech = TinyTokenLM(tmp_path, tiny_llama(16, seed=4), None, layout)
+    torch.manual_seed(0)
+    centres = torch.randn(3, 32)
+    with torch.no_grad():
+        emb = speech.lm.get_input_embeddings().weight
+        for i, c in enumerate([0, 1, 2, 0, 1, 2]):  # tokens 8 & 11, 9 & 12, 10 & 13 alike
+            emb[8 + i] = centres[c] + 0.05 * torch.randn(32)
+    groups = speech_token_groups(speech, 3).tolist()
+    assert groups[0] == groups[3] and groups[1] == groups[4] and groups[2] == groups[5]
+    assert len(set(groups)) == 3
+    cols = column_groups(speech, layout.head_rows(), 3).tolist()  # columns: ids 8..14
+    assert cols[:6] == groups and cols[6] not in groups
+    assert column_groups(speech, layout.head_rows(), 0) is None  # exact: every token its own group
+    with pytest.raises(ValueError, match="6 speech tokens; use 2..6 groups"):
+        speech_token_groups(speech, 7)
+
+
+def _first_groups(speech, request, cfg, n, groups):
+    """How often the first generated id falls in each group, over ``n`` independent generations; and the stats."""
+    rows = speech.sampler([request], cfg, [0]).rows.tolist()
+    gens, stats = generate(speech, [request] * n, cfg, list(range(n)))
+    counts: dict[tuple, int] = {}
+    for g in gens:
+        key = (int(groups[rows.index(g.ids[0])]),)
+        counts[key] = counts.get(key, 0) + 1
+    return counts, stats
+
+
+@pytest.mark.filterwarnings("ignore:.*hit a length limit")
+@pytest.mark.parametrize("rule", ["phone-forced", "token"])
+def test_group_acceptance_keeps_the_models_group_distribution_and_accepts_more_than_exact(
+        builtin, token_lm, rule, monkeypatch):
+    """2,000 draws: with draft_accept=groups=3 the first token's group follows the model's group masses (chi-square)
+    while more drafts are accepted than with exact acceptance; accepting every draft fails the same test."""
+    import spade_tts.families.speculative as spec
+
+    n = 2000
+    if rule == "phone-forced":  # the whole distribution, so that the codes within a group share the mass
+        speech, request = builtin, phone_requests(builtin, 1, seed=3, phones=2)[0]
+        cfg = builtin.generation_defaults(max_seconds=0.02, any_move_on=False, top_p=1.0)
+    else:
+        speech, request = token_lm, GenerationRequest([1, 2, 3, 4, 5])
+        cfg = token_lm.generation_defaults(max_new_tokens=3)
+    exact_cfg = dataclasses.replace(cfg, draft="skip-layers=1,2", draft_tokens=2)
+    group_cfg = dataclasses.replace(exact_cfg, draft_accept="groups=3")
+    sampler = speech.sampler([request], cfg, [0])
+    groups = spec.column_groups(speech, sampler.rows, 3)
+
+    def first_tokens(model):
+        with torch.no_grad():
+            logits = model.lm(input_ids=torch.tensor([request.prompt])).logits[0, -1, sampler.rows]
+        return sampler.distribution(0, logits)
+
+    def masses(probs):
+        return {(g,): float(m) for g, m in enumerate(spec._masses(probs, groups).tolist()) if m > 0}
+
+    p, q = first_tokens(speech), first_tokens(_skipped(speech, [1, 2]))
+    exact, drafted = masses(p), masses(q)
+    assert 0.5 * sum(abs(exact.get(k, 0) - drafted.get(k, 0)) for k in set(exact) | set(drafted)) > 0.1
+    overlap = float(torch.minimum(p, q).sum())  # the chance a first draft is accepted, exact and by group
+    group_overlap = sum(min(m, drafted.get(k, 0.0)) for k, m in exact.items())
+    assert group_overlap > overlap + 0.01
+
+    counts, stats = _first_groups(speech, request, group_cfg, n, groups)
+    assert chi_square_p(counts, exact) > 1e-3 and total_variation(counts, exact) < 0.05
+    assert stats.extra["draft_accept"] == "groups=3"
+    _, exact_stats = _first_groups(speech, request, exact_cfg, n, groups)
+    assert stats.extra["acceptance_rate"] > exact_stats.extra["acceptance_rate"]
+
+    monkeypatch.setattr(spec, "accept", lambda p, q, u: True)
+    broken, _ = _first_groups(speech, request, group_cfg, n, groups)
+    assert chi_square_p(broken, exact) < 1e-6
+    print(f"{rule}: first-draft acceptance {overlap:.3f} exact, {group_overlap:.3f} by group; chi-square p {chi_square_p(counts, exact):.3g} "
+          f"(always-accept {chi_square_p(broken, exact):.3g}); acceptance {stats.extra['acceptance_rate']:.3f} "
+          f"vs exact {exact_stats.extra['acceptance_rate']:.3f}")
+
+
+def test_bad_draft_accept_is_a_one_line_error(builtin):
+    from spade_tts.families.speculative import parse_accept
+
+    assert parse_accept("exact") == 0 and parse_accept("groups=64") == 64 and parse_accept(" Groups=2 ") == 2
+    for bad in ("groups=1", "groups=", "groups=x", "group=4", "exact=1", ""):
+        with pytest.raises(ValueError, match="draft_accept=.*exact .*groups=N"):
+            parse_accept(bad)
+    request = phone_requests(builtin, 1)
+    cfg = builtin.generation_defaults(greedy=True, max_seconds=0.05, draft="skip-layers=1")
+    with pytest.raises(ValueError, match="draft_accept="):
+        generate(builtin, request, dataclasses.replace(cfg, draft_accept="groups"))
+    with pytest.raises(ValueError, match="6 speech tokens"):
+        generate(builtin, request, dataclasses.replace(cfg, draft_accept="groups=99"))

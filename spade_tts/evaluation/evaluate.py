@@ -66,6 +66,7 @@ class EvalConfig:
     draft: str = ""
     draft_tokens: int = 4  # tokens the draft proposes per full-model forward
     draft_scores: str = ""  # scores.json of `spade score` for draft=skip=N; '' = <model>/scores.json
+    draft_accept: str = "exact"  # or groups=N: group-level acceptance, not lossless (docs/decoding.md)
     out_dir: str = "runs/eval"  # audio and per-model results (resumable)
     json: str = ""  # results JSON; empty = OUT_DIR/eval.json
     asr_model: str = ""  # empty = the offline Whisper tiny.en; a local faster-whisper/HF Whisper folder otherwise
@@ -86,7 +87,8 @@ def generation_config(cfg: EvalConfig, speech):
     """The family's own sampling defaults with the run's settings (``None`` = keep the family's default)."""
     return speech.generation_config(**{k: getattr(cfg, k) for k in ("temperature", "top_p", "seed", "max_seconds",
                                                                       "max_new_tokens", "decoder", "draft",
-                                                                      "draft_tokens", "draft_scores")})
+                                                                      "draft_tokens", "draft_scores",
+                                                                      "draft_accept")})
 
 
 def load_items(cfg: EvalConfig) -> tuple[list[dict], str]:
@@ -123,6 +125,8 @@ def _cache_key(cfg: EvalConfig, spec, items: list[dict]) -> tuple[str, dict]:
                                                         "rtf_items", "dnsmos", "isolate", "decoder")}}
     if cfg.draft:  # (only then: results stored before these settings existed keep their keys)
         parts["settings"].update({k: getattr(cfg, k) for k in ("draft", "draft_tokens", "draft_scores")})
+        if cfg.draft_accept != "exact":
+            parts["settings"]["draft_accept"] = cfg.draft_accept
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
 
 
@@ -225,7 +229,7 @@ def evaluate_one(cfg: EvalConfig, spec, items: list[dict], prompts: list[np.ndar
     if drafted:
         from spade_tts.families.speculative import DRAFT_COUNTS, draft_summary
 
-        speculative = {"draft": cfg.draft, "draft_tokens": cfg.draft_tokens,
+        speculative = {"draft": cfg.draft, "draft_tokens": cfg.draft_tokens, "draft_accept": cfg.draft_accept,
                        **draft_summary({k: sum(d[k] for d in drafted) for k in DRAFT_COUNTS})}
     return {
         "label": spec.label, "model": spec.shown, "family": m["family"],
@@ -345,7 +349,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     if cfg.draft:
         from spade_tts.families.speculative import check_draft
 
-        check_draft(cfg.draft, cfg.draft_tokens, cfg.decoder)
+        check_draft(cfg.draft, cfg.draft_tokens, cfg.decoder, cfg.draft_accept)
     specs = parse_model_specs(cfg.models)
     items, source = load_items(cfg)
     out_dir = Path(cfg.out_dir)
@@ -471,5 +475,7 @@ def format_table(data: dict) -> str:
             rate = None if spec["acceptance_rate"] is None else 100 * spec["acceptance_rate"]
             out.append(f"{m['label']}: draft {spec['draft']} (k={spec['draft_tokens']}), {_fmt(rate, '.1f')} % of "
                        f"drafted tokens accepted, {_fmt(spec['tokens_per_forward'], '.2f')} tokens per full-model "
-                       "forward")
+                       "forward" + ("" if spec.get("draft_accept", "exact") == "exact" else
+                                    f"; {spec['draft_accept']} acceptance: the group sequence is the model's, the "
+                                    "tokens within a group the draft's (not lossless)"))
     return "\n".join(out)

@@ -111,6 +111,9 @@ class GenerationConfig:
     draft: str = ""
     draft_tokens: int = 4
     draft_scores: str = ""
+    # "exact" (lossless) or "groups=N": accept a draft token when its group of alike speech tokens passes the test
+    # (the group sequence is the model's, the token within a group the draft's; reported apart)
+    draft_accept: str = "exact"
     # phone-forced generation (the builtin family): a phone lasting longer than this is ended by force; an
     # item is cut at max_seconds, and (> 0) at max_length_ratio x the length its prompt's speaking rate predicts
     max_phone_seconds: float = 0.6

@@ -22,6 +22,14 @@ acceptances draw one more token from p. The output then follows p exactly (greed
 one-hot and this is "keep identical tokens, else take the model's"). Both KV caches are rewound past
 the rejected tokens and the rule's per-item state is restored before the model's choices are pushed.
 
+Group-level acceptance (``draft_accept=groups=N``, off by default; Principled Coarse-Graining,
+arXiv 2511.13732): many speech tokens sound alike, so demanding the model's exact token rejects drafts
+that would sound the same. The speech tokens are split into N groups by k-means over the model's own
+input embeddings (every other token is a group of its own); the test above runs on group masses
+P(G) and Q(G) instead of p(x) and q(x), a rejection draws the group from normalize(max(0, P - Q)) and
+the token within it from p. The group sequence then follows the model's exactly, the tokens within a
+group are the draft's: no longer lossless, so its figures are reported apart from the exact ones.
+
 Items decode one at a time (batch 1): acceptance lengths differ between rows, and batch 1 is where
 decoding is slowest per token. Every item draws from its own generator, seeded by (seed, item), so
 a result does not depend on the batch it came in. ``GenerationStats.extra`` reports the acceptance
@@ -38,6 +46,7 @@ import torch
 from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM
 
 KINDS = ("student=PATH", "skip=N", "skip-layers=I,J,...")
+ACCEPT_MODES = ("exact", "groups=N")
 RULE_METHODS = ("distribution", "push", "snapshot", "restore")
 DRAFT_COUNTS = ("proposed", "accepted", "tokens", "target_forwards")  # what an item records; sums over items add up
 
@@ -65,9 +74,22 @@ def parse_draft(text: str) -> tuple[str, object]:
     raise ValueError(f"draft={text!r}: use {', '.join(KINDS)} (N >= 1 layers; docs/decoding.md)")
 
 
-def check_draft(draft: str | None, draft_tokens: int, decoder: str) -> tuple[str, object] | None:
+def parse_accept(text: str) -> int:
+    """``draft_accept=`` text -> the number of speech-token groups (0 = exact acceptance)."""
+    mode, sep, arg = str(text).strip().lower().partition("=")
+    if mode == "exact" and not sep:
+        return 0
+    if mode == "groups" and sep and arg.strip().isdigit() and int(arg) >= 2:
+        return int(arg)
+    raise ValueError(f"draft_accept={text!r}: use exact (lossless, the default) or groups=N (N >= 2 groups of "
+                     "speech tokens; docs/decoding.md)")
+
+
+def check_draft(draft: str | None, draft_tokens: int, decoder: str, draft_accept: str = "exact"
+                ) -> tuple[str, object] | None:
     """One-line errors for draft settings, before any model runs: (kind, argument) of ``draft`` (None: not parsed)."""
     parsed = None if draft is None else parse_draft(draft)
+    parse_accept(draft_accept)
     if int(draft_tokens) < 1:
         raise ValueError(f"draft_tokens={draft_tokens}: the draft proposes at least 1 token per round")
     if decoder == "static-int8":
@@ -187,6 +209,45 @@ def _check_rewinds(engine, what: str) -> None:
                          "needs the static decoder or an HF DynamicCache without sliding-window layers")
 
 
+def speech_token_groups(speech: SpeechLM, n: int, iterations: int = 30) -> torch.Tensor:
+    """The group (0..n-1) of every speech token: spherical k-means over the model's input embeddings of its speech
+    tokens, which the model learned to treat alike when they sound alike (PCG derives its groups from the target's
+    embedding space too). Deterministic; computed once per model and n."""
+    cache = speech.__dict__.setdefault("_spade_token_groups", {})
+    if n not in cache:
+        lay = speech.layout
+        size = lay.speech_end - lay.speech_start
+        if not 2 <= n <= size:
+            raise ValueError(f"draft_accept=groups={n}: the model has {size} speech tokens; use 2..{size} groups")
+        emb = speech.lm.get_input_embeddings().weight[lay.speech_start:lay.speech_end].detach().float().cpu()
+        x = torch.nn.functional.normalize(emb, dim=1)
+        centers = x[torch.randperm(size, generator=torch.Generator().manual_seed(0))[:n]].clone()
+        for _ in range(iterations):
+            assign = (x @ centers.T).argmax(1)
+            sums = torch.zeros_like(centers).index_add_(0, assign, x)
+            filled = torch.bincount(assign, minlength=n) > 0  # an emptied group keeps its old centre
+            centers[filled] = torch.nn.functional.normalize(sums[filled], dim=1)
+        cache[n] = (x @ centers.T).argmax(1)
+    return cache[n]
+
+
+def column_groups(speech: SpeechLM, rows: torch.Tensor, n: int) -> torch.Tensor | None:
+    """The group of each of the rule's columns (token ids ``rows``): speech tokens by :func:`speech_token_groups`,
+    every other token alone. None for n = 0 (exact acceptance: each token its own group)."""
+    if not n:
+        return None
+    lay, rows = speech.layout, rows.cpu()
+    speech_cols = (rows >= lay.speech_start) & (rows < lay.speech_end)
+    out = n + torch.arange(len(rows))
+    out[speech_cols] = speech_token_groups(speech, n)[rows[speech_cols] - lay.speech_start]
+    return out
+
+
+def _masses(probs: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Probability per group (the distribution itself when every token is its own group)."""
+    return probs if groups is None else probs.new_zeros(int(groups.max()) + 1).index_add_(0, groups, probs)
+
+
 def accept(p: float, q: float, u: float) -> bool:
     """The speculative-sampling test: keep a draft token with probability min(1, p / q) (``u`` uniform)."""
     return u * q < p
@@ -211,7 +272,7 @@ class _Counts:
 
 
 def _decode_item(b: int, prompt: list[int], sampler, target, draft, k: int, gen: torch.Generator,
-                 counts: _Counts, device: torch.device) -> None:
+                 counts: _Counts, device: torch.device, groups: torch.Tensor | None = None) -> None:
     """Generate item ``b`` into ``sampler`` (its state holds the output).
 
     Invariants between rounds: the model has consumed every emitted token but ``pending`` (the last
@@ -259,14 +320,19 @@ def _decode_item(b: int, prompt: list[int], sampler, target, draft, k: int, gen:
         accepted, y = 0, None
         for i, x in enumerate(proposals):
             p = sampler.distribution(b, logits[i])
-            if accept(float(p[x]), float(qs[i][x]), float(torch.rand(1, generator=gen, dtype=torch.float64))):
+            pg, qg = _masses(p, groups), _masses(qs[i], groups)
+            g = x if groups is None else int(groups[x])
+            if accept(float(pg[g]), float(qg[g]), float(torch.rand(1, generator=gen, dtype=torch.float64))):
                 sampler.push(b, rows[x])
                 accepted += 1
                 if sampler.finished(b):
                     break
             else:
-                residual = (p - qs[i]).clamp_(min=0.0)
-                y = _draw(residual if float(residual.sum()) > 0 else p, gen)
+                residual = (pg - qg).clamp_(min=0.0)
+                g = _draw(residual if float(residual.sum()) > 0 else pg, gen)
+                members = None if groups is None else groups == g
+                y = g if members is None else (int(members.nonzero()[0]) if int(members.sum()) == 1
+                                              else _draw(p * members, gen))
                 break
         if y is None and accepted == m and not sampler.finished(b):
             y = _draw(sampler.distribution(b, logits[m]), gen)
@@ -289,7 +355,7 @@ def generate_speculative(speech: SpeechLM, requests: list[GenerationRequest], cf
     """:func:`spade_tts.families.generate.generate` with ``cfg.draft``: (per-item results, stats)."""
     from spade_tts.families.generate import GenerationStats, _sync, decode_engine
 
-    check_draft(cfg.draft if draft_lm is None else None, cfg.draft_tokens, cfg.decoder)
+    check_draft(cfg.draft if draft_lm is None else None, cfg.draft_tokens, cfg.decoder, cfg.draft_accept)
     k = int(cfg.draft_tokens)
     sampler = speech.sampler(requests, cfg, item_ids)
     missing = [name for name in RULE_METHODS if not hasattr(sampler, name)]
@@ -300,15 +366,17 @@ def generate_speculative(speech: SpeechLM, requests: list[GenerationRequest], cf
     target = decode_engine(speech.lm, 1, max_len, sampler.rows, cfg.decoder)
     draft = draft_engine(speech, cfg, sampler.rows, max_len, draft_lm)
     device = next(speech.lm.parameters()).device
+    groups = column_groups(speech, sampler.rows, parse_accept(cfg.draft_accept))
+    groups = None if groups is None else groups.to(device)
     counts = _Counts()
     _sync(device)
     started = time.perf_counter()
     for b, (request, item) in enumerate(zip(requests, item_ids)):
         _decode_item(b, request.prompt, sampler, _Checked(target, "model"), _Checked(draft, "draft"), k,
-                     item_generator(cfg.seed, item), counts, device)
+                     item_generator(cfg.seed, item), counts, device, groups)
     _sync(device)
     stats = GenerationStats(time.perf_counter() - started, counts.tokens)
-    stats.extra.update({"draft": cfg.draft or "student (given)", "draft_tokens": k,
+    stats.extra.update({"draft": cfg.draft or "student (given)", "draft_tokens": k, "draft_accept": cfg.draft_accept,
                         **draft_summary(vars(counts))})
     return [sampler.result(b) for b in range(len(requests))], stats
 
