@@ -293,6 +293,18 @@ def test_data_fraction_subset_is_fixed_by_seed_and_sized(tmp_path):
     assert not list((tmp_path / "out").glob(".*tmp*"))  # nothing half-written left behind
 
 
+def test_builtin_teacher_refuses_tokens_of_another_tokenizer(tmp_path):
+    """Distilling the built-in model from tokens another tokenizer made would train on codes that mean nothing to
+    it: a one-line error naming the fix, and no dataset written."""
+    from spade_tts.families.registry import load_speech_lm
+
+    _fake_token_store(tmp_path / "tokens", num_speech=16)
+    cfg = DistillConfig(tokens_dir=str(tmp_path / "tokens"), data_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="16-code speech tokens but the teacher reads 15360.*reference-cpu.yaml"):
+        load_speech_lm(None).distill_data(cfg)
+    assert not (tmp_path / "out").exists()
+
+
 def test_read_order_splits_one_global_batch_over_processes_and_micro_batches(tiny):
     data = TokenDataset(tiny[2], seed=3)
     one = [data.micro_batch(5, m, 0, 1, 4, 2)["input_ids"] for m in range(4)]

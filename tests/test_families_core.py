@@ -190,3 +190,30 @@ def test_cosyvoice2_defaults_are_upstreams_sampling():
 
     cfg = CosyVoice2SpeechLM.generation_defaults(object.__new__(CosyVoice2SpeechLM), seed=3)
     assert (cfg.top_p, cfg.top_k, cfg.ras_window, cfg.ras_tau, cfg.temperature, cfg.seed) == (0.8, 25, 10, 0.1, 1.0, 3)
+
+
+def test_nucleus_from_a_partial_sort_is_the_full_sorts():
+    """Rows whose top 256 columns hold the top-p mass take the partial sort, flat rows the full one; either way
+    the distribution drawn from is the one a full sort gives, with top-p and min-p alike."""
+    import torch
+
+    from spade_tts.families.base import GenerationConfig
+    from spade_tts.families.generate import NUCLEUS_PREFIX, pick_distribution, sorted_for_nucleus
+
+    def full_sort(logits, cfg):
+        probs = torch.softmax(logits.double() / cfg.temperature, -1)
+        p, order = probs.sort(-1, descending=True)
+        keep = ((p.cumsum(-1) - p) < cfg.top_p) & (p >= cfg.min_p * p[:, :1])
+        out = torch.zeros_like(probs).scatter_(-1, order, p * keep)
+        return out / out.sum(-1, keepdim=True)
+
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.randn(6, 15360, generator=gen) * 6  # a few hundred columns hold the mass
+    flat = torch.randn(2, 15360, generator=gen) * 0.1  # the nucleus spans thousands of columns
+    for logits in (peaked, flat, torch.cat([peaked, flat])):
+        for cfg in (GenerationConfig(temperature=1.0, top_p=0.8), GenerationConfig(temperature=0.7, top_p=0.95, min_p=0.01)):
+            got = pick_distribution(logits, cfg)
+            assert torch.allclose(got, full_sort(logits, cfg), atol=1e-6)
+    top, cols = sorted_for_nucleus(torch.softmax(peaked, -1), 0.8)
+    assert top.shape[-1] == NUCLEUS_PREFIX and bool((top[:, :-1] >= top[:, 1:]).all())
+    assert sorted_for_nucleus(torch.softmax(flat, -1), 0.8)[0].shape[-1] == 15360

@@ -1,4 +1,5 @@
-"""The YAML-configured generic adapter, on a tiny random-weight Qwen2 with a ChatML prompt and 4,096 speech tokens."""
+"""The YAML-configured generic adapter, on a tiny random-weight Qwen2 with a ChatML prompt and 15,360 speech tokens
+(the built-in tokenizer's count, so that its real codec can stand behind the hooks)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from family_chain import run_chain, run_speech_chain, save_tokenizer, word_level_tokenizer
 
-TEXT, CODES = 1000, 4096
+TEXT, CODES = 1000, 15_360
 IM_START, IM_END, SPEECH_END = TEXT, TEXT + 1, TEXT + 2
 S0 = TEXT + 8
 VOCAB = S0 + CODES
@@ -90,9 +91,9 @@ def test_generic_chain(tmp_path):
 
 
 def test_generic_speech_chain_wli_eval_compress(tmp_path):
-    """With a real codec behind its hooks (the built-in k-means tokenizer + Griffin-Lim), the generic family runs
+    """With a real codec behind its hooks (the built-in FSQ tokenizer + Griffin-Lim), the generic family runs
     WLI, eval and compress from an audio manifest like any other."""
-    yaml_text = YAML.replace('decode: "numpy:asarray"', 'encode: "kmeans_codec:encode"\ndecode: "kmeans_codec:decode"')
+    yaml_text = YAML.replace('decode: "numpy:asarray"', 'encode: "builtin_codec:encode"\ndecode: "builtin_codec:decode"')
     ckpt = build_generic(tmp_path / "ckpt", yaml_text=yaml_text)
     got = run_speech_chain(tmp_path, ckpt, "generic", max_new_tokens=40)
     assert got["eval"]["models"][0]["audio_seconds"] > 0

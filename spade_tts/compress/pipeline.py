@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from spade_tts.families import BUILTIN_TOKENS
 from spade_tts.io import write_json
 
 ALIGNED_VOICES = ["flite_slt", "flite_rms", "flite_awb", "flite_kal16", "festival_slt_hts", "festival_kal",
@@ -32,7 +33,7 @@ class CompressConfig:
     data: str = ""  # JSONL manifest (audio, text, speaker): items to score and evaluate, and the distillation data
     out_dir: str = "runs/compress"
     corpus_dir: str = "data/corpus"  # held-out items to score and evaluate on (and, without tokens_dir, nothing else)
-    tokens_dir: str = "data/reference_tokens"  # the teacher's tokenized training data, for distillation
+    tokens_dir: str = BUILTIN_TOKENS  # the teacher's tokenized training data, for distillation
     own_corpus: bool = False  # build a small corpus under out_dir/corpus instead (the --quick demo; not with data)
     own_corpus_train_per_voice: int = 30
     own_corpus_heldout: int = 2

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from spade_tts.distill.data import TokenDataset, check_fraction, describe
 from spade_tts.distill.losses import KD_TYPES, TERMS, DistillLoss, LossWeights
 from spade_tts.distill.matching import MODES, PRUNING_FILE, layer_matching, read_pruning_record
+from spade_tts.families import BUILTIN_TOKENS
 from spade_tts.families.registry import model_folder
 from spade_tts.io import write_text
 from spade_tts.schedule import warmup_cosine
@@ -58,7 +59,7 @@ class DistillConfig:
     out_dir: str = "runs/distill"
     # data
     dataset: str = ""  # a prebuilt token dataset folder (docs/distillation.md); '' = build from tokens_dir
-    tokens_dir: str = "data/reference_tokens"  # the built-in model's tokenized corpus
+    tokens_dir: str = BUILTIN_TOKENS  # the built-in model's tokenized corpus
     data_dir: str = "data/distill"  # built datasets are kept here, one subfolder per setting, and reused
     data_fraction: float = 0.05  # share of the teacher's training utterances (or of dataset=... rows) used
     data_seed: int = 0  # picks the subset; fixed so runs and ablations see the same data

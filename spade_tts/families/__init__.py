@@ -8,6 +8,9 @@ The built-in model is the ``builtin`` family; its folder ships inside the packag
 from pathlib import Path
 
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
+# its training utterances through its own tokenizer (made by `spade train-reference --recipe recipes/reference-cpu.yaml`):
+# the teacher's data that `spade distill` and `spade compress` draw from
+BUILTIN_TOKENS = "data/reference_tokens-fsq"
 BUILTIN_NAMES = ("", "built-in", "builtin", "default")  # what --model/--models take for the built-in model
 
 FAMILY_MODULES = {

@@ -24,7 +24,7 @@ import torch
 
 from spade_tts.families import BUILTIN_MODEL
 from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLayout, SpeechLM, Utterance
-from spade_tts.families.generate import Generation
+from spade_tts.families.generate import Generation, sorted_for_nucleus
 
 
 @functools.lru_cache(maxsize=4096)
@@ -42,9 +42,10 @@ def item_uniforms(seed: int, item: int, steps: int) -> torch.Tensor:
 
 
 def _nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities sorted descending with the tail past ``top_p`` zeroed, their columns); not normalized."""
+    """(probabilities sorted descending with the tail past ``top_p`` zeroed, their columns, perhaps only as many
+    as the nucleus can reach); not normalized."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
+    sorted_p, order = sorted_for_nucleus(probs, top_p)
     if top_p < 1.0:
         sorted_p = sorted_p * (sorted_p.cumsum(dim=-1) - sorted_p < top_p)
     return sorted_p, order
@@ -328,8 +329,14 @@ class BuiltinSpeechLM(SpeechLM):
     def distill_data(self, cfg, split: str = "train") -> Path:
         """The teacher's own pairs from a fixed ``data_fraction`` of its tokenized corpus (``tokens_dir``); the
         held-out split in full (what neither model trained on)."""
+        from spade_tts.reference.dataset import TokenStore
         from spade_tts.reference.distill_data import build_reference_dataset
 
+        codes = TokenStore(cfg.tokens_dir).num_speech
+        if codes != self.vocab.num_speech:
+            raise ValueError(f"tokens_dir={cfg.tokens_dir} holds {codes}-code speech tokens but the teacher reads "
+                             f"{self.vocab.num_speech}: give the tokens made by the teacher's own tokenizer "
+                             "(the built-in model's: `spade train-reference --recipe recipes/reference-cpu.yaml`)")
         fraction, pairs = (cfg.data_fraction, cfg.pairs_per_target) if split == "train" else (1.0, 1)
         return build_reference_dataset(cfg.tokens_dir, cfg.data_dir, fraction, cfg.data_seed, pairs,
                                        cfg.max_prompt_seconds, cfg.max_target_seconds, split=split)

@@ -44,16 +44,45 @@ def static_supported(lm) -> bool:
             and hasattr(getattr(lm, "model"), "layers") and hasattr(lm, "get_output_embeddings"))
 
 
+NUCLEUS_PREFIX = 256  # columns of the first partial sort; a row that needs more gets 4x more, then all
+
+
+def sorted_for_nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities sorted descending, their columns) as far as each row's top-p nucleus can reach.
+
+    A full sort of every row at every step is what a speech vocabulary costs most here (15,360 codes:
+    38 % of the built-in model's batched decode time on a CPU). When the k largest probabilities of a
+    row already hold more than ``top_p`` of its mass, no column past them can enter its nucleus, so a
+    partial sort (``topk``) of k columns gives the same nucleus. Each row starts at k =
+    ``NUCLEUS_PREFIX`` and widens 4x at a time, up to the full sort; rows narrower than the widest are
+    padded with zero probabilities (which no draw picks). Without a top-p cut: the full sort."""
+    n = probs.shape[-1]
+    if not (0 < top_p < 1) or n <= NUCLEUS_PREFIX:
+        return probs.sort(-1, descending=True)
+    vals, cols = probs.topk(NUCLEUS_PREFIX, dim=-1)
+    short = vals.sum(-1) <= top_p + 1e-4  # a margin over float rounding in the cumulative sums
+    while bool(short.any()):
+        k = min(4 * vals.shape[-1], n)
+        rows = short.nonzero().squeeze(1)
+        v, c = probs[rows].topk(k, dim=-1) if k < n else probs[rows].sort(-1, descending=True)
+        vals = torch.nn.functional.pad(vals, (0, k - vals.shape[-1]))
+        cols = torch.nn.functional.pad(cols, (0, k - cols.shape[-1]))
+        vals[rows], cols[rows] = v, c
+        short[rows] = (v.sum(-1) <= top_p + 1e-4) if k < n else False
+    return vals, cols
+
+
 def _filtered(logits: torch.Tensor, cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The sampling distribution before normalizing: (probabilities, None) in column order, or, with a
-    top-p / min-p cut, (kept probabilities sorted descending, their columns)."""
+    top-p / min-p cut, (kept probabilities sorted descending, their columns; with top-p perhaps only the
+    first columns, see :func:`sorted_for_nucleus`)."""
     scaled = logits.float().cpu() / cfg.temperature
     if 0 < cfg.top_k < scaled.shape[-1]:  # ties with the k-th are kept, as HF's top-k does
         scaled = scaled.masked_fill(scaled < scaled.topk(cfg.top_k, dim=-1).values[:, -1:], float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     if not (0 < cfg.top_p < 1 or cfg.min_p > 0):
         return probs, None
-    sorted_p, order = probs.sort(-1, descending=True)
+    sorted_p, order = sorted_for_nucleus(probs, cfg.top_p)
     keep = torch.ones_like(sorted_p, dtype=torch.bool)
     if 0 < cfg.top_p < 1:
         keep &= (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p  # the top token is always kept
@@ -79,7 +108,7 @@ def pick_distribution(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tens
         return torch.nn.functional.one_hot(logits.argmax(-1).cpu(), logits.shape[-1]).double()
     probs, order = _filtered(logits, cfg)
     if order is not None:
-        probs = torch.zeros_like(probs).scatter_(-1, order, probs)
+        probs = torch.zeros(logits.shape, dtype=probs.dtype).scatter_(-1, order, probs)
     probs = probs.double()
     return probs / probs.sum(-1, keepdim=True)
 

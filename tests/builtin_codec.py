@@ -1,5 +1,5 @@
-"""A real codec for the generic family's tests: the built-in model's shipped log-mel k-means tokenizer
-(4,096 codes, 100 a second) with Griffin-Lim, behind the generic family's `encode:`/`decode:` hooks."""
+"""A real codec for the generic family's tests: the built-in model's shipped tokenizer (FSQ, 15,360 codes,
+50 a second, Griffin-Lim), behind the generic family's `encode:`/`decode:` hooks."""
 from __future__ import annotations
 
 import functools
@@ -9,10 +9,10 @@ import numpy as np
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    from spade_tts.codec.tokenizer import SpeechTokenizer
+    from spade_tts.codec import load_tokenizer
     from spade_tts.families import BUILTIN_MODEL
 
-    return SpeechTokenizer.load(BUILTIN_MODEL)
+    return load_tokenizer(BUILTIN_MODEL)
 
 
 def encode(audio: np.ndarray, sample_rate: int) -> np.ndarray:
