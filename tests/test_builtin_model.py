@@ -33,3 +33,22 @@ def test_builtin_model_speaks_in_the_prompt_voice():
     # Each output is closer to its own prompt's voice than to the other prompt's voice.
     assert enc.similarity(out["flite_slt"].audio, prompts["flite_slt"]) > enc.similarity(out["flite_slt"].audio, prompts["flite_awb"])
     assert enc.similarity(out["flite_awb"].audio, prompts["flite_awb"]) > enc.similarity(out["flite_awb"].audio, prompts["flite_slt"])
+
+
+def test_sampling_defaults_come_from_the_model_folder(tmp_path):
+    """The temperature and nucleus the weights were measured best at travel in their generation_config.json (a
+    pruned student's copy too); a folder without them samples at temperature 1, top-p 0.8; a stage's setting wins."""
+    import json
+
+    from spade_tts.families.builtin import shipped_sampling
+
+    shipped = json.loads((BUILTIN_MODEL / "generation_config.json").read_text())
+    tts = load_speech_lm()
+    assert (tts.generation_defaults().temperature, tts.generation_defaults().top_p) == (shipped["temperature"],
+                                                                                       shipped["top_p"])
+    assert tts.generation_config(temperature=1.0, top_p=None).temperature == 1.0
+    tts.save_pretrained(tmp_path / "copy")  # what `spade prune` and distillation exports write
+    assert shipped_sampling(tmp_path / "copy") == {"temperature": shipped["temperature"], "top_p": shipped["top_p"]}
+    assert shipped_sampling(tmp_path) == {"temperature": 1.0, "top_p": 0.8}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.5}))
+    assert shipped_sampling(tmp_path) == {"temperature": 0.5, "top_p": 0.8}
