@@ -342,10 +342,10 @@ class BuiltinSpeechLM(SpeechLM):
     def distill_data(self, cfg, split: str = "train") -> Path:
         """The teacher's own pairs from a fixed ``data_fraction`` of its tokenized corpus (``tokens_dir``); the
         held-out split in full (what neither model trained on)."""
-        from spade_tts.reference.dataset import TokenStore
+        from spade_tts.reference.dataset import token_index
         from spade_tts.reference.distill_data import build_reference_dataset
 
-        codes = TokenStore(cfg.tokens_dir).num_speech
+        codes = int(token_index(cfg.tokens_dir)["num_speech"])
         if codes != self.vocab.num_speech:
             raise ValueError(f"tokens_dir={cfg.tokens_dir} holds {codes}-code speech tokens but the teacher reads "
                              f"{self.vocab.num_speech}: give the tokens made by the teacher's own tokenizer "

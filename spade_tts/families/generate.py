@@ -59,8 +59,11 @@ def sorted_for_nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor,
     n = probs.shape[-1]
     if not (0 < top_p < 1) or n <= NUCLEUS_PREFIX:
         return probs.sort(-1, descending=True)
+    def too_short(v: torch.Tensor) -> torch.Tensor:  # with a margin over float rounding in the cumulative sums
+        return v.sum(-1) <= top_p + 1e-4
+
     vals, cols = probs.topk(NUCLEUS_PREFIX, dim=-1)
-    short = vals.sum(-1) <= top_p + 1e-4  # a margin over float rounding in the cumulative sums
+    short = too_short(vals)
     while bool(short.any()):
         k = min(4 * vals.shape[-1], n)
         rows = short.nonzero().squeeze(1)
@@ -68,7 +71,7 @@ def sorted_for_nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor,
         vals = torch.nn.functional.pad(vals, (0, k - vals.shape[-1]))
         cols = torch.nn.functional.pad(cols, (0, k - cols.shape[-1]))
         vals[rows], cols[rows] = v, c
-        short[rows] = (v.sum(-1) <= top_p + 1e-4) if k < n else False
+        short[rows] = too_short(v) if k < n else False
     return vals, cols
 
 

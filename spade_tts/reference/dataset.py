@@ -59,15 +59,20 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
     return {"utterances": len(index), "speech_tokens": int(len(arrays["codes"]))}
 
 
+def token_index(directory: str | Path) -> dict:
+    """A tokenized corpus's index.json (``items``, ``num_speech``, ``tokens_per_second``), without loading its tokens."""
+    d = Path(directory)
+    if not (d / "tokens.safetensors").is_file():
+        raise FileNotFoundError(f"no tokens in {d}; run `spade train-reference` once on a machine with the corpus")
+    return json.loads((d / "index.json").read_text())
+
+
 class TokenStore:
     """Random access to the tokenized utterances."""
 
     def __init__(self, directory: str | Path):
-        d = Path(directory)
-        if not (d / "tokens.safetensors").is_file():
-            raise FileNotFoundError(f"no tokens in {d}; run `spade train-reference` once on a machine with the corpus")
-        self.arrays = load_file(str(d / "tokens.safetensors"))
-        meta = json.loads((d / "index.json").read_text())
+        meta = token_index(directory)
+        self.arrays = load_file(str(Path(directory) / "tokens.safetensors"))
         self.items: list[dict] = meta["items"]
         self.num_speech = int(meta["num_speech"])
         self.tokens_per_second = float(meta["tokens_per_second"])
