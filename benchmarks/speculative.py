@@ -7,8 +7,9 @@
 
 For each draft (the model with its N least important layers by WLI skipped, N in ``--skips``, and
 every ``--student`` checkpoint) and each k in ``--ks`` (tokens drafted per full-model forward), the
-held-out prompts are spoken at batch 1 with the built-in family's own sampling (``spade eval``'s:
-temperature 1, top-p 0.8), plain and speculative, through ``spade_tts.families.generate.generate``.
+held-out prompts are spoken at batch 1 with the built-in family's own sampling (``spade eval``'s: the
+model folder's temperature and top-p, 0.7 and 0.8 for the shipped model; attempt 1 ran at 1.0), plain
+and speculative, through ``spade_tts.families.generate.generate``.
 Reported per configuration: the share of drafted tokens the model accepted, tokens per full-model
 forward (plain: 1), tokens/s of the decode loop (prefill included, summed over the prompts) and the
 speed-up over plain decoding. Plain decoding is timed first and last (the two bracket the drift of a

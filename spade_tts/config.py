@@ -51,6 +51,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return [_coerce(name, v, inner) for v in value]
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as text; Python reads it as a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if isinstance(tp, type) and not isinstance(value, tp):

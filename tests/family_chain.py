@@ -325,6 +325,7 @@ def run_speech_chain(tmp_path, ckpt, family: str, family_config: str | None = No
 
     argv = ["compress", "--model", str(model), "--data", str(manifest), "--family", family, "--quick",
             f"out_dir={compressed}", f"eval.max_new_tokens={max_new_tokens}", "eval.isolate=false", "eval.dnsmos=false",
+            "eval.items_per_speaker=1",
             "distill.steps=2", "distill.save_every=2", "distill.warmup=1", "distill.batch_size=2", "distill.device=cpu"]
     if family_config:
         argv += ["--family-config", family_config]

@@ -52,3 +52,30 @@ def test_sampling_defaults_come_from_the_model_folder(tmp_path):
     assert shipped_sampling(tmp_path) == {"temperature": 1.0, "top_p": 0.8}
     (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.5}))
     assert shipped_sampling(tmp_path) == {"temperature": 0.5, "top_p": 0.8}
+
+
+def test_a_student_without_codec_weights_reads_them_from_the_model_it_was_pruned_from(tmp_path):
+    """The shipped student stores no second copy of the 11 MB codec; any other folder without one is refused."""
+    import json
+    import shutil
+
+    import pytest
+    import torch
+
+    student = tmp_path / "student"
+    shutil.copytree(BUILTIN_MODEL, student)
+    (student / "codec.safetensors").unlink()
+    (student / "spade_pruning.json").write_text(json.dumps({"source_model": "built-in"}))
+    loaded, full = BuiltinSpeechLM.from_pretrained(student), BuiltinSpeechLM.from_pretrained(BUILTIN_MODEL)
+    mine, theirs = loaded.codec.net.state_dict(), full.codec.net.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    other = tmp_path / "other-codec"
+    other.mkdir()
+    shutil.copy(BUILTIN_MODEL / "codec.safetensors", other)
+    (other / "codec.json").write_text(json.dumps({**json.loads((BUILTIN_MODEL / "codec.json").read_text()), "stride": 4}))
+    (student / "spade_pruning.json").write_text(json.dumps({"source_model": str(other)}))
+    with pytest.raises(FileNotFoundError, match="no codec weights"):
+        BuiltinSpeechLM.from_pretrained(student)  # a source with another codec is not borrowed from
+    (student / "spade_pruning.json").unlink()
+    with pytest.raises(FileNotFoundError, match="copy codec.json and codec.safetensors"):
+        BuiltinSpeechLM.from_pretrained(student)

@@ -35,6 +35,11 @@ def test_compress_runs_every_stage_then_resumes_without_redoing(tiny_reference, 
     kept = json.loads(open(f"{summary['pruned']}/spade_pruning.json").read())["kept"]
     ranked = sorted(scores["layers"], key=lambda r: (-r["wli"], r["layer"]))
     assert kept == sorted(r["layer"] for r in ranked[:2])  # pruned by the WLI that was just measured
+    rows = {m["label"]: m["per_item"] for m in results["models"]}  # the demo's point: distilled against pruned
+    diffs = [d["wer"] - p["wer"] for p, d in zip(rows["pruned"], rows["distilled"]) if None not in (p["wer"], d["wer"])]
+    gain = summary["distilled_vs_pruned"]
+    assert gain["wer"]["n"] == len(diffs) and gain["wer"]["delta"] == pytest.approx(100 * sum(diffs) / len(diffs))
+    assert gain["wer"]["ci95"][0] <= gain["wer"]["delta"] <= gain["wer"]["ci95"][1]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage ran again")

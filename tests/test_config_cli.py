@@ -24,9 +24,17 @@ def test_recipe_then_overrides(tmp_path):
     assert cfg == Demo(steps=20, lr=5.0, name="from-recipe", voices=["b", "c"], limit=0.5)
 
 
+def test_floats_without_a_dot_read_as_numbers_in_overrides_and_recipes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("limit: 1e-5\n")  # PyYAML (YAML 1.1) reads this as the text '1e-5'
+    cfg = load_config(Demo, recipe, ["lr=2e-4"])
+    assert cfg.lr == 2e-4 and isinstance(cfg.lr, float) and cfg.limit == 1e-5
+
+
 @pytest.mark.parametrize("override,message", [
     ("stepz=3", "unknown setting"),
     ("steps=many", "expected int"),
+    ("lr=fast", "expected float"),
     ("steps", "not key=value"),
 ])
 def test_bad_overrides_fail_clearly(override, message):

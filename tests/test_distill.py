@@ -23,7 +23,8 @@ from spade_tts.distill.data import TokenDataset, write_token_dataset
 from spade_tts.reference import distill_data as builtin_data
 from spade_tts.reference.distill_data import build_reference_dataset
 from spade_tts.distill.hooks import Capture
-from spade_tts.distill.losses import DistillLoss, LossWeights, _attention_probs, kd_loss
+from spade_tts.distill.fused import _attention_probs
+from spade_tts.distill.losses import DistillLoss, LossWeights, attention_map_loss, kd_loss
 from spade_tts.distill.matching import dynamic_matching, layer_matching, read_pruning_record, static_matching
 from spade_tts.distill.trainer import DistillConfig, distill, latest_checkpoint, load_models
 
@@ -164,6 +165,55 @@ def test_kd_skew_kl_reduces_to_kl_and_matches_hand_computation():
         kd_loss(s, t, "js")
 
 
+def _plain_kd(s, t, kind, T, b):
+    """The divergence written out for autograd (the formula the fused term must reproduce)."""
+    log_q, log_p = torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1)
+    if kind.endswith("forward"):
+        m = (b * log_p.exp() + (1 - b) * log_q.exp()).log()
+        return (log_p.exp() * (log_p - m)).sum(-1).mean() * T ** 2
+    m = (b * log_q.exp() + (1 - b) * log_p.exp()).log()
+    return (log_q.exp() * (log_q - m)).sum(-1).mean() * T ** 2
+
+
+@pytest.mark.parametrize("kind", ["skew_forward", "skew_reverse", "forward", "reverse"])
+def test_fused_kd_gradient_equals_autograd_of_the_formula(kind, monkeypatch):
+    import spade_tts.distill.fused as fused
+    monkeypatch.setattr(fused, "ROWS_PER_SLICE", 7)  # several slices, the last one short
+    torch.manual_seed(1)
+    s, t = torch.randn(20, 33, dtype=torch.float64) * 3, torch.randn(20, 33, dtype=torch.float64) * 3
+    T, b = 1.7, (0.1 if kind.startswith("skew") else 0.0)
+    mine_s, ref_s = s.clone().requires_grad_(), s.clone().requires_grad_()
+    mine = kd_loss(mine_s, t, kind, T, 0.1)
+    ref = _plain_kd(ref_s, t, kind, T, b)
+    (2.5 * mine).backward()
+    (2.5 * ref).backward()
+    assert torch.allclose(mine.double(), ref, atol=1e-5), (mine.item(), ref.item())
+    assert torch.allclose(mine_s.grad, ref_s.grad, atol=1e-6, rtol=1e-4)
+    assert ref_s.grad.abs().max() > 1e-3  # the comparison is not between two zeros
+
+
+def test_fused_attention_maps_gradient_equals_autograd_of_the_formula():
+    torch.manual_seed(2)
+    b, h, n, d = 3, 2, 9, 4
+    q_s, k_s, q_t, k_t = (torch.randn(b, h, n, d, dtype=torch.float64) for _ in range(4))
+    mask = torch.ones(b, n, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding
+    mask[2, :2] = 0  # left padding: fully masked query rows
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()[None, None] & mask.bool()[:, None, None, :]
+    mine_q, mine_k = q_s.clone().requires_grad_(), k_s.clone().requires_grad_()
+    ref_q, ref_k = q_s.clone().requires_grad_(), k_s.clone().requires_grad_()
+    mine = attention_map_loss((mine_q, mine_k), (q_t, k_t), mask, 0.5, 0.7)
+    err = (_attention_probs(ref_q, ref_k, 0.5, allowed) - _attention_probs(q_t, k_t, 0.7, allowed)).pow(2).sum(-1)
+    m = mask[:, None, :].double()
+    ref = (err * m).sum() / (m.sum() * h)
+    mine.backward()
+    ref.backward()
+    assert torch.allclose(mine.double(), ref, atol=1e-6)
+    assert torch.allclose(mine_q.grad.double(), ref_q.grad, atol=1e-6)
+    assert torch.allclose(mine_k.grad.double(), ref_k.grad, atol=1e-6)
+    assert ref_q.grad.abs().max() > 1e-4 and ref_k.grad.abs().max() > 1e-4
+
+
 def test_every_term_is_zero_for_an_identical_student(tiny):
     teacher = _load(tiny[0])
     student = copy.deepcopy(teacher)
@@ -293,6 +343,31 @@ def test_data_fraction_subset_is_fixed_by_seed_and_sized(tmp_path):
     assert not list((tmp_path / "out").glob(".*tmp*"))  # nothing half-written left behind
 
 
+def test_distillation_labels_the_prompt_speech_only_for_a_teacher_trained_on_it(tmp_path):
+    """The shipped teacher learned no distribution over the prompt's speech (prompt_loss false): teaching the student
+    there would spend its capacity on what the teacher never knew. Attempt 1's folder (no key) did learn it."""
+    from types import SimpleNamespace
+
+    from datasets import load_from_disk
+
+    from spade_tts.families.builtin import BuiltinSpeechLM
+
+    _fake_token_store(tmp_path / "tokens")
+    target_only = load_from_disk(str(build_reference_dataset(tmp_path / "tokens", tmp_path / "out", 0.2, 0)))
+    with_prompt = load_from_disk(str(build_reference_dataset(tmp_path / "tokens", tmp_path / "out", 0.2, 0,
+                                                             prompt_loss=True)))
+    assert target_only["input_ids"] == with_prompt["input_ids"]  # the same sequences, labelled from elsewhere
+    assert all(a > b for a, b in zip(target_only["loss_from"], with_prompt["loss_from"]))
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    asks = lambda: BuiltinSpeechLM.trained_on_prompt_speech(SimpleNamespace(path=folder))
+    assert asks() is False  # no training record: the prompt is context
+    (folder / "spade_train_config.json").write_text(json.dumps({"prompt_loss": False}))
+    assert asks() is False
+    (folder / "spade_train_config.json").write_text(json.dumps({"lr": 1e-3}))  # attempt 1's, before the key
+    assert asks() is True
+
+
 def test_builtin_teacher_refuses_tokens_of_another_tokenizer(tmp_path):
     """Distilling the built-in model from tokens another tokenizer made would train on codes that mean nothing to
     it: a one-line error naming the fix, and no dataset written."""
@@ -415,7 +490,7 @@ def test_heldout_loss_keeps_the_best_student(tiny, tmp_path):
     assert summary["best"] == {"step": best_step, "heldout_ce": evals[best_step]}
     assert summary["heldout"]["rows_used"] + summary["data"]["rows_used"] == summary["data"]["rows"]
     kept = json.loads((out / "best" / "spade_distill.json").read_text())
-    assert kept["steps"] == best_step
+    assert kept["steps"] == best_step and kept["stopped_by"] is None  # a mid-run pick, not where the run stopped
     # the saved best student reproduces its held-out loss
     from spade_tts.distill.data import TokenDataset
 

@@ -132,6 +132,14 @@ def test_model_specs_labels(tmp_path):
     assert specs[0].path == "" and specs[2].path == str((tmp_path / "m").resolve())
     with pytest.raises(ValueError, match="not a folder"):
         parse_model_specs([str(tmp_path / "absent")])
+    from spade_tts.families import BUILTIN_STUDENT
+    from spade_tts.families.registry import model_folder
+
+    assert model_folder("Built-In-Student") == BUILTIN_STUDENT and model_folder("built-in") != BUILTIN_STUDENT
+    if BUILTIN_STUDENT.is_dir():  # the shipped student loads by name, under its name or the label given
+        named = parse_model_specs(["full=built-in", "built-in-student", "s=builtin-student"])
+        assert [s.label for s in named] == ["full", "built-in-student", "s"]
+        assert named[1].path == named[2].path == str(BUILTIN_STUDENT.resolve())
     import subprocess
     import sys
 

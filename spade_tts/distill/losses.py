@@ -23,11 +23,10 @@ other four. A weight of 0 switches a term off, and then nothing is hooked or com
   attention probabilities, summed over keys and averaged over heads and real query tokens
   (that is MSE x L; a per-element mean would shrink as 1/L and vanish next to the other terms),
   then averaged over matched layers.
-  Memory: a map is B x heads x L x L float32 (B=8, 5 heads, L=1,000: 160 MB; LLaSA-1B, 32
-  heads: 1 GB). Only the matched layers are computed, from post-RoPE q/k recorded by hooks,
-  never through ``output_attentions``; and each pair is built inside activation
-  checkpointing, so at any moment only one layer's teacher and student maps (plus the
-  softmax gradient, in backward) exist, whatever the number of matched layers.
+  Memory: a map is heads x L x L float32 per sequence (5 heads, L=1,000: 20 MB; LLaSA-1B, 32
+  heads: 128 MB). Only the matched layers are computed, from post-RoPE q/k recorded by hooks,
+  never through ``output_attentions``; the maps are built one sequence at a time and only the
+  gradients for q and k are kept for backward (:mod:`spade_tts.distill.fused`).
 * **Embeddings**: MSE between the student's and the teacher's input-embedding outputs.
 
 Everything is computed in float32 from whatever dtype the models ran in (bf16/fp16 autocast),
@@ -36,13 +35,12 @@ so softmax/log-softmax and the KL cannot overflow or underflow in half precision
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from spade_tts.distill.fused import FusedAttentionMaps, FusedKD
 from spade_tts.distill.hooks import Capture
 from spade_tts.pruning.layers import decoder_layers
 
@@ -70,29 +68,14 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
-def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, beta: float) -> torch.Tensor:
-    """log(beta * a + (1 - beta) * b), computed from log-probabilities without leaving log space."""
-    if beta <= 0:
-        return log_b
-    if beta >= 1:
-        return log_a
-    return torch.logaddexp(log_a + math.log(beta), log_b + math.log1p(-beta))
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "skew_forward",
             temperature: float = 1.0, beta: float = 0.1) -> torch.Tensor:
-    """Logit distillation between (N, V) logit rows, mean over rows, times temperature**2."""
+    """Logit distillation between (N, V) logit rows, mean over rows, times temperature**2 (computed a
+    slice of rows at a time, gradient included: :class:`spade_tts.distill.fused.FusedKD`)."""
     if kind not in KD_TYPES:
         raise ValueError(f"kd={kind!r} is not one of {', '.join(KD_TYPES)}")
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float().detach() / temperature, dim=-1)
-    if kind in ("skew_forward", "forward"):
-        b = beta if kind == "skew_forward" else 0.0
-        kl = (log_p.exp() * (log_p - _log_mix(log_p, log_q, b))).sum(-1)
-    else:
-        b = beta if kind == "skew_reverse" else 0.0
-        kl = (log_q.exp() * (log_q - _log_mix(log_q, log_p, b))).sum(-1)
-    return kl.mean() * temperature ** 2
+    b = beta if kind.startswith("skew") else 0.0
+    return FusedKD.apply(student_logits, teacher_logits.detach(), kind.endswith("forward"), temperature, b)
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
@@ -102,41 +85,17 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, token_mask: torch.Tensor) -> to
     return (err * m).sum() / m.sum().clamp_min(1)
 
 
-def _attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, allowed: torch.Tensor) -> torch.Tensor:
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
-    scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)  # finite: a fully masked row is no NaN
-    return torch.softmax(scores, dim=-1)
-
-
-def _attention_map_loss(q_s, k_s, q_t, k_t, allowed, query_mask, scale_s: float, scale_t: float) -> torch.Tensor:
-    p_s = _attention_probs(q_s, k_s, scale_s, allowed)
-    with torch.no_grad():
-        p_t = _attention_probs(q_t, k_t, scale_t, allowed)
-    err = (p_s - p_t).pow(2).sum(-1)  # (B, H, L): squared distance of each query's distribution
-    m = query_mask[:, None, :].to(err.dtype)
-    return (err * m).sum() / (m.sum() * err.shape[1]).clamp_min(1)
-
-
 def attention_map_loss(student_qk, teacher_qk, attention_mask: torch.Tensor, scale_s: float,
                        scale_t: float) -> torch.Tensor:
-    """Attention-map MSE of one matched layer pair, built from post-RoPE (q, k), each (B, H, L, D).
-
-    Run under activation checkpointing when the student needs gradients, so the B x H x L x L
-    maps are freed after the forward and rebuilt, one layer at a time, in backward.
-    """
+    """Attention-map MSE of one matched layer pair, built from post-RoPE (q, k), each (B, H, L, D), one
+    sequence at a time; only the gradients for q and k (as small as q and k) are kept for backward
+    (:class:`spade_tts.distill.fused.FusedAttentionMaps`)."""
     q_s, k_s = student_qk
     q_t, k_t = teacher_qk
     if q_s.shape != q_t.shape:
         raise ValueError(f"attention shapes differ (student {tuple(q_s.shape)}, teacher {tuple(q_t.shape)}): the "
                          "attention-map term needs a student with the teacher's heads; set w_attn=0")
-    n = attention_mask.shape[1]
-    keys = attention_mask.bool()
-    causal = torch.ones(n, n, dtype=torch.bool, device=keys.device).tril()
-    allowed = causal[None, None] & keys[:, None, None, :]
-    args = (q_s, k_s, q_t.detach(), k_t.detach(), allowed, keys, scale_s, scale_t)
-    if torch.is_grad_enabled() and (q_s.requires_grad or k_s.requires_grad):
-        return checkpoint(_attention_map_loss, *args, use_reentrant=False)
-    return _attention_map_loss(*args)
+    return FusedAttentionMaps.apply(q_s, k_s, q_t.detach(), k_t.detach(), attention_mask.bool(), scale_s, scale_t)
 
 
 # ---------------------------------------------------------------------------------------------- the objective

@@ -458,7 +458,9 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
 
     log = open(log_path, "a") if main else None
     tb = _tensorboard(out, step) if main else None
-    bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step", disable=not main)
+    # with a time budget the bar counts the budget's seconds (the step count is then only a ceiling)
+    bar = (tqdm(total=int(budget), initial=int(elapsed), desc="distill (time budget)", unit="s", disable=not main)
+           if budget > 0 else tqdm(total=cfg.steps, initial=step, desc="distill", unit="step", disable=not main))
     start, last_good = time.time(), (str(ckpt) if ckpt else None)
     terms_order = ["loss"] + weights.enabled()
 
@@ -521,13 +523,14 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
             rec = {"step": step, **{k: round(v, 6) for k, v in zip(terms_order, means)}, "lr": lr,
                    "grad_norm": None if grad_norm is None else round(grad_norm, 4),
                    "tokens": tokens, "seconds": round(elapsed + time.time() - start, 1)}
-            bar.update(1)
+            bar.update(min(int(rec["seconds"]), bar.total) - bar.n if budget > 0 else 1)
             evaluate = heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps or over)
             if evaluate:
                 rec["heldout_ce"] = round(heldout_ce(model, heldout, cfg, accelerator), 6)
                 if best["heldout_ce"] is None or rec["heldout_ce"] < best["heldout_ce"]:
                     best = {"step": step, "heldout_ce": rec["heldout_ce"]}
-                    export_final(accelerator, model, student_dir, out, cfg, {**summary_of(step), "best": best}, "best",
+                    export_final(accelerator, model, student_dir, out, cfg,
+                                 {**summary_of(step), "stopped_by": None, "best": best}, "best",
                                  student_speech)
             if main and (step % cfg.log_every == 0 or step == cfg.steps or step == 1 or evaluate):
                 log.write(json.dumps(rec) + "\n")
@@ -535,7 +538,7 @@ def distill(cfg: DistillConfig, on_step=None) -> Path:
                 if tb is not None:
                     for k in terms_order + ["lr"]:
                         tb.add_scalar(f"train/{k}", rec[k], step)
-                bar.set_postfix({k: f"{rec[k]:.3g}" for k in terms_order})
+                bar.set_postfix({"step": step, **{k: f"{rec[k]:.3g}" for k in terms_order}})
             if step % cfg.save_every == 0 or step == cfg.steps or over:
                 last_good = str(save_checkpoint(accelerator, out, step, state_now(), cfg.keep_checkpoints))
             if on_step is not None:

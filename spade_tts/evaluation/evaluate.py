@@ -56,7 +56,7 @@ class EvalConfig:
     max_prompt_seconds: float = 4.0
     max_items: int = 0  # keep only the first N items (0 = all)
     seed: int = 0  # item choice, sampling and Griffin-Lim phases; the same for every model
-    temperature: float | None = None  # None = the family's own default (built-in model: 1.0)
+    temperature: float | None = None  # None = the family's own default (built-in model: its generation_config.json, 0.7)
     top_p: float | None = None  # None = the family's own default (built-in model: 0.8)
     max_seconds: float = 20.0  # length guard per item (phone-forced rules); token rules: max_new_tokens
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)

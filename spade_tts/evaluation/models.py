@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spade_tts.families import BUILTIN_MODEL, BUILTIN_NAMES
+from spade_tts.families import BUILTIN_MODEL, shipped_folder
 
 
 @dataclass
@@ -38,9 +38,12 @@ def parse_model_specs(specs: list[str]) -> list[ModelSpec]:
             label, path = (s.strip() for s in raw.split("=", 1))
             if not label:
                 raise ValueError(f"model {raw!r}: the label before '=' is empty (write LABEL=PATH, e.g. pruned=runs/pruned)")
-        if path.lower() in BUILTIN_NAMES:
+        shipped = shipped_folder(path)
+        if shipped == BUILTIN_MODEL:
             path = ""
-        elif not Path(path).is_dir():
+        elif shipped is not None:
+            label, path = label or path.lower(), str(shipped)
+        if path and not Path(path).is_dir():
             raise ValueError(f"model {path!r} is not a folder: pass 'built-in' or a checkpoint folder of any family "
                              "(e.g. one written by `spade prune` or `spade distill`)")
         base = safe_name(label or (Path(path).resolve().name if path else "built-in"))

@@ -12,6 +12,19 @@ BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
 # the teacher's data that `spade distill` and `spade compress` draw from
 BUILTIN_TOKENS = "data/reference_tokens-fsq"
 BUILTIN_NAMES = ("", "built-in", "builtin", "default")  # what --model/--models take for the built-in model
+# its half-depth student, distilled by SPADE on this CPU (recipes/distill-cpu.yaml; docs/distillation.md)
+BUILTIN_STUDENT = BUILTIN_MODEL.parent / "reference-student"
+BUILTIN_STUDENT_NAMES = ("built-in-student", "builtin-student")
+
+
+def shipped_folder(name: str | Path | None) -> Path | None:
+    """The shipped folder a model name stands for (the built-in model, its student), else None (a path)."""
+    key = "" if name is None else str(name).strip().lower()
+    if key in BUILTIN_NAMES:
+        return BUILTIN_MODEL
+    if key in BUILTIN_STUDENT_NAMES:
+        return BUILTIN_STUDENT
+    return None
 
 FAMILY_MODULES = {
     "builtin": "spade_tts.families.builtin",

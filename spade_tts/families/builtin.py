@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spade_tts.families import BUILTIN_MODEL
+from spade_tts.families import BUILTIN_MODEL, shipped_folder
 from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLayout, SpeechLM, Utterance
 from spade_tts.families.generate import Generation, sorted_for_nucleus
 
@@ -121,6 +121,23 @@ def shipped_sampling(path: Path) -> dict:
     f = Path(path) / "generation_config.json"
     shipped = json.loads(f.read_text()) if f.is_file() else {}
     return {"temperature": float(shipped.get("temperature", 1.0)), "top_p": float(shipped.get("top_p", 0.8))}
+
+
+def codec_folder(path: Path) -> Path:
+    """Where a model folder's codec weights are: in it, or, for a student kept without them (the shipped
+    student: 11 MB not stored twice), in the model it was pruned from (``source_model`` of its
+    ``spade_pruning.json``), provided that model's codec has the same configuration."""
+    if (path / "codec.safetensors").is_file():
+        return path
+    record = path / "spade_pruning.json"
+    source = json.loads(record.read_text()).get("source_model") if record.is_file() else None
+    folder = (shipped_folder(source) or Path(source)) if source else None
+    same = folder is not None and all((d / "codec.json").is_file() for d in (folder, path)) and \
+        json.loads((folder / "codec.json").read_text()) == json.loads((path / "codec.json").read_text())
+    if not same or not (folder / "codec.safetensors").is_file():
+        raise FileNotFoundError(f"no codec weights in {path} (codec.safetensors), and no model it was pruned from "
+                                "holds the same codec: copy codec.json and codec.safetensors from the full model")
+    return folder
 
 
 @dataclass
@@ -268,7 +285,7 @@ class BuiltinSpeechLM(SpeechLM):
                                     "(train one with `spade train-reference`)")
         vocab = Vocab.load(path)
         lm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else dtype).to(device)
-        return cls(path, lm, vocab, load_tokenizer(path))
+        return cls(path, lm, vocab, load_tokenizer(codec_folder(path)))
 
     def save_pretrained(self, out: str | Path) -> None:
         out = Path(out)
@@ -352,7 +369,17 @@ class BuiltinSpeechLM(SpeechLM):
                              "(the built-in model's: `spade train-reference --recipe recipes/reference-cpu.yaml`)")
         fraction, pairs = (cfg.data_fraction, cfg.pairs_per_target) if split == "train" else (1.0, 1)
         return build_reference_dataset(cfg.tokens_dir, cfg.data_dir, fraction, cfg.data_seed, pairs,
-                                       cfg.max_prompt_seconds, cfg.max_target_seconds, split=split)
+                                       cfg.max_prompt_seconds, cfg.max_target_seconds, split=split,
+                                       prompt_loss=self.trained_on_prompt_speech())
+
+    def trained_on_prompt_speech(self) -> bool:
+        """Whether the model learned to predict the prompt's speech too (``prompt_loss`` of its training run).
+        The student is taught where its teacher was: on a teacher trained without it, the prompt positions
+        hold no learned distribution, and teaching them costs the student's capacity for the target."""
+        f = self.path / "spade_train_config.json"
+        if not f.is_file():
+            return False
+        return bool(json.loads(f.read_text()).get("prompt_loss", True))  # attempt 1's folder predates the key: it did
 
     def tokenize_corpus(self, corpus_dir: str | Path, out_dir: str | Path) -> None:
         """Every phone-aligned utterance of the corpus through this model's codec (data/reference_tokens)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from spade_tts.families import BUILTIN_MODEL, BUILTIN_NAMES, FAMILY_MODULES
+from spade_tts.families import FAMILY_MODULES, shipped_folder
 from spade_tts.families.base import SpeechLM
 
 
@@ -81,8 +81,9 @@ def detect_family(path: str | Path) -> str:
 
 
 def model_folder(path: str | Path | None) -> Path:
-    """The folder ``--model`` names: ``built-in`` (or nothing) is the built-in model shipped in the package."""
-    return BUILTIN_MODEL if path is None or str(path).strip().lower() in BUILTIN_NAMES else Path(path)
+    """The folder ``--model`` names: ``built-in`` (or nothing) is the built-in model shipped in the package,
+    ``built-in-student`` its distilled half-depth student."""
+    return shipped_folder(path) or Path(path)
 
 
 def load_speech_lm(path: str | Path | None = None, family: str | None = None, dtype: torch.dtype | str = "auto",

@@ -49,7 +49,7 @@ class ScoreConfig:
     max_items: int = 0  # keep only the first N items (0 = all)
     max_prompt_seconds: float = 4.0
     seed: int = 0  # item choice and sampling; the same seed for every layer, so runs differ only by the layer
-    temperature: float | None = None  # None = the family's default (built-in model: 1.0)
+    temperature: float | None = None  # None = the family's default (built-in model: its generation_config.json, 0.7)
     top_p: float | None = None  # None = the family's default (built-in model: 0.8)
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
     decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8, hf

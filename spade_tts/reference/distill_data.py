@@ -36,7 +36,8 @@ def _files_digest(directory: Path) -> str:
 
 def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fraction: float = 0.05, seed: int = 0,
                             pairs_per_target: int = 2, max_prompt_seconds: float = 4.0,
-                            max_target_seconds: float = 7.5, shard_rows: int = 2000, split: str = "train") -> Path:
+                            max_target_seconds: float = 7.5, shard_rows: int = 2000, split: str = "train",
+                            prompt_loss: bool = False) -> Path:
     """(prompt, target) sequences of the built-in model from a fixed subset of its training utterances.
 
     Targets and prompts both come from the subset (so the hours reported are all the audio the
@@ -44,6 +45,8 @@ def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fracti
     speaker, as in the teacher's trainer. Returns the dataset folder, reusing it when it exists.
     ``split="heldout"`` builds the same kind of sequences from the teacher's held-out utterances,
     which neither model trained on: what the distillation's held-out loss is measured on.
+    ``prompt_loss``: label the prompt's speech too (only for a teacher trained that way, as attempt 1 was);
+    otherwise the losses count from the target on.
     """
     from spade_tts.reference.dataset import TokenStore
     from spade_tts.reference.vocab import Vocab
@@ -60,6 +63,7 @@ def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fracti
                 "max_target_seconds": max_target_seconds, "format": DATA_FORMAT}
     if split != "train":  # (train folders keep the names they had before splits existed)
         settings["split"] = split
+    settings["prompt_loss"] = prompt_loss  # (folders built before the key labelled the prompt: not reused)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     name = "reference" if split == "train" else f"reference-{split}"
     out = Path(out_root) / f"{name}-f{fraction:g}-s{seed}-{key}"
@@ -85,7 +89,7 @@ def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fracti
             p = rng.choice(pool)
             ids, loss_from = vocab.training_ids(store.phones(p).tolist(), store.phones(t).tolist(), store.codes(p),
                                                 store.codes(t), store.frames(t).tolist(),
-                                                prompt_loss=True)
+                                                prompt_loss=prompt_loss)
             rows["input_ids"].append(ids)
             rows["loss_from"].append(loss_from)
             rows["target"].append(items[t]["id"])
