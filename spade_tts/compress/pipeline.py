@@ -128,9 +128,13 @@ def compress(cfg: CompressConfig) -> dict:
     index = write_report(out / "report", results, scores_json=str(scores),
                          distill_log_jsonl=str(out / "distill" / "train_log.jsonl"))
     gain = distillation_gain(results)
-    print("distilled vs pruned, paired over the same items (95 % CI): "
-          + ", ".join(f"{k} {v['delta']:+.{3 if k == 'sim' else 1}f} [{v['ci95'][0]:+.{3 if k == 'sim' else 1}f}, "
-                      f"{v['ci95'][1]:+.{3 if k == 'sim' else 1}f}]" for k, v in gain.items() if v["delta"] is not None))
+    shown = []
+    for key, v in gain.items():
+        if v["delta"] is not None:
+            digits = 3 if key == "sim" else 1
+            lo, hi = v["ci95"]
+            shown.append(f"{key} {v['delta']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+    print("distilled vs pruned, paired over the same items (95 % CI): " + ", ".join(shown))
     summary = {"report": str(index), "eval": str(out / "eval" / "eval.json"), "scores": str(scores),
                "pruned": str(pruned), "distilled": str(final), "distilled_vs_pruned": gain,
                "seconds": round(time.time() - start, 1)}

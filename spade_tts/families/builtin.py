@@ -127,9 +127,11 @@ def codec_folder(path: Path) -> Path:
     """Where a model folder's codec weights are: in it, or, for a student kept without them (the shipped
     student: 11 MB not stored twice), in the model it was pruned from (``source_model`` of its
     ``spade_pruning.json``), provided that model's codec has the same configuration."""
+    from spade_tts.pruning.prune import PRUNING_FILE
+
     if (path / "codec.safetensors").is_file():
         return path
-    record = path / "spade_pruning.json"
+    record = path / PRUNING_FILE
     source = json.loads(record.read_text()).get("source_model") if record.is_file() else None
     folder = (shipped_folder(source) or Path(source)) if source else None
     same = folder is not None and all((d / "codec.json").is_file() for d in (folder, path)) and \
