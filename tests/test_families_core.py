@@ -193,8 +193,8 @@ def test_cosyvoice2_defaults_are_upstreams_sampling():
 
 
 def test_nucleus_from_a_partial_sort_is_the_full_sorts():
-    """Rows whose top 256 columns hold the top-p mass take the partial sort, flat rows the full one; either way
-    the distribution drawn from is the one a full sort gives, with top-p and min-p alike."""
+    """Rows whose top NUCLEUS_PREFIX columns hold the top-p mass take the partial sort, flat rows the full one;
+    either way the distribution drawn from is the one a full sort gives, with top-p and min-p alike."""
     import torch
 
     from spade_tts.families.base import GenerationConfig

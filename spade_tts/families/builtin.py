@@ -70,8 +70,13 @@ def _move_on_logit(logits: torch.Tensor, nxt_cols: torch.Tensor, move_on: slice 
 
 
 def _move_on_probability(speech: torch.Tensor, adv_logit: torch.Tensor) -> torch.Tensor:
-    lse = torch.logsumexp(torch.cat([speech.float(), adv_logit[:, None].float()], dim=1), dim=1)
-    return (adv_logit.float() - lse).exp()
+    """exp(adv) / (exp(adv) + sum exp(speech)), as a sigmoid of adv - logsumexp(speech): no copy of 15,360 speech
+    logits to append one column. The log-sum-exp is spelled out because ``torch.logsumexp`` adds infinity handling
+    (abs, eq, where) that a speech row, whose logits are always finite, does not need."""
+    speech = speech.float()
+    top = speech.amax(dim=1, keepdim=True)
+    lse = (speech - top).exp_().sum(dim=1).log_() + top[:, 0]
+    return torch.sigmoid(adv_logit.float() - lse)
 
 
 def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor, cfg: GenerationConfig,
