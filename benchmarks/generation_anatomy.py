@@ -14,6 +14,10 @@
 3. **The step alone**, per engine: the default (``decoder=static``), with fused q/k/v and gate/up matmuls,
    with int8 weights (``decoder=static-int8``), and with ``--compile`` the step compiled by inductor
    (static shapes; compile time reported). Medians of ``--reps`` steps mid-sequence.
+4. **Other shapes** (``--shapes 8x192x768,...``: layers x hidden x feed-forward): the same step for an LM of
+   that shape at random initialisation (same vocabulary, 64-wide heads, one key/value head), twice in turn,
+   and the LM real-time factor it would run at: its step plus the rest of (1)'s time per token (the rule,
+   prefill, bookkeeping), times (1)'s tokens per second of speech. How the next model's shape was chosen.
 
 Writes ``benchmarks/results/generation_anatomy_cpu.json`` (or ``--json``) and prints the tables.
 """
@@ -108,6 +112,28 @@ def step_ms(speech, request, reps: int, **engine) -> float:
     return _timed(lambda: dec.step(token), reps, torch.device("cpu"))
 
 
+def shape_steps(speech, request, shapes: list[str], reps: int) -> dict:
+    """Median step milliseconds of random-initialised LMs of each ``LxHxF`` shape (two rounds in turn, the lower kept)."""
+    from transformers import LlamaForCausalLM
+
+    trained, base, best = speech.lm, speech.lm.config, {}
+    try:
+        for _ in range(2):
+            for shape in shapes:
+                layers, hidden, ffn = (int(x) for x in shape.split("x"))
+                torch.manual_seed(0)
+                speech.lm = LlamaForCausalLM(type(base)(**{**base.to_dict(), "num_hidden_layers": layers,
+                                                           "hidden_size": hidden, "intermediate_size": ffn,
+                                                           "num_attention_heads": hidden // 64, "head_dim": 64,
+                                                           "num_key_value_heads": 1})).eval()
+                ms = step_ms(speech, request, reps)
+                params = sum(p.numel() for p in speech.lm.parameters())
+                best[shape] = {"step_ms": min(ms, best.get(shape, {}).get("step_ms", ms)), "params": params}
+    finally:
+        speech.lm = trained
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
@@ -117,6 +143,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reps", type=int, default=200, help="steps per engine timing")
     ap.add_argument("--compile", action="store_true", help="also time a torch.compile'd step (static shapes)")
+    ap.add_argument("--shapes", default="", help="also time LMs of these shapes, LAYERSxHIDDENxFFN,... (random weights)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "generation_anatomy_cpu.json"))
     args = ap.parse_args()
     args.requests_from = ""
@@ -159,6 +186,11 @@ def main() -> None:
         ms = step_ms(speech, requests[0], args.reps, **kw)
         steps[name] = {"step_ms": ms, "setup_and_timing_s": time.perf_counter() - t}
 
+    shapes = shape_steps(speech, requests[0], args.shapes.split(","), args.reps) if args.shapes else {}
+    rest_ms = 1e3 * (tot["loop_s"] - tot["step_s"]) / n  # the rule, prefill and bookkeeping per token
+    for row in shapes.values():
+        row["lm_rtf_projected"] = (row["step_ms"] + rest_ms) * loop["tokens_per_audio_second"] / 1e3
+
     threads, cpu = torch.get_num_threads(), machine_info("cpu")["cpu"]
     print(f"\n{len(requests)} held-out prompts, batch 1, {threads} threads, {cpu}")
     print("\n| part of the loop | per token | share |\n|---|---|---|")
@@ -177,8 +209,13 @@ def main() -> None:
     print("\n| engine | step | vs static |\n|---|---|---|")
     for name, row in steps.items():
         print(f"| {name} | {row['step_ms']:.3f} ms | {steps['static']['step_ms'] / row['step_ms']:.2f}x |")
+    if shapes:
+        print(f"\n| shape (layers x hidden x ffn) | parameters | step | projected LM RTF |\n|---|---|---|---|")
+        for shape, row in shapes.items():
+            print(f"| {shape} | {row['params'] / 1e6:.1f} M | {row['step_ms']:.3f} ms | {row['lm_rtf_projected']:.3f} |")
     write_json(args.json, {"command": "python3 " + " ".join(sys.argv), "machine": machine_info("cpu"),
-                           "model": str(speech.path), "items": [i["id"] for i in info], "loop": loop, "engines": steps})
+                           "model": str(speech.path), "items": [i["id"] for i in info], "loop": loop, "engines": steps,
+                           "shapes": shapes})
     print(f"\nwrote {args.json}")
 
 

@@ -7,6 +7,7 @@ other's temporaries.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -34,3 +35,12 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def digest(*items: str | Path) -> str:
+    """A short content hash of files (``Path``: their bytes) and texts (``str``), to tell whether cached work is stale."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.read_bytes() if isinstance(item, Path) else item.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

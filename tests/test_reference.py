@@ -51,6 +51,49 @@ def test_pairs_share_a_speaker_and_differ(tiny_tokens):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
+def test_a_killed_tokenization_resumes_at_its_first_unfinished_part_and_matches_one_run(tiny_corpus, tiny_codec,
+                                                                                          tiny_tokens, tmp_path,
+                                                                                          monkeypatch):
+    from spade_tts.codec.tokenizer import SpeechTokenizer
+    from spade_tts.reference.dataset import prepare_tokens
+
+    corpus, _, _ = tiny_corpus
+    real_encode, calls = SpeechTokenizer.encode, []
+
+    def dies_after_seven(self, audio):
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_encode(self, audio)
+
+    monkeypatch.setattr(SpeechTokenizer, "encode", dies_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_tokens(corpus, tiny_codec, tmp_path, part_size=3)
+    assert not (tmp_path / "tokens.safetensors").exists()  # nothing that looks finished
+    assert len(list((tmp_path / "parts").glob("*.safetensors"))) == 2  # two whole parts of 3 kept
+    calls.clear()
+    monkeypatch.setattr(SpeechTokenizer, "encode", lambda self, audio: (calls.append(1), real_encode(self, audio))[1])
+    summary = prepare_tokens(corpus, tiny_codec, tmp_path, part_size=3)
+    assert len(calls) == summary["utterances"] - 6  # the finished parts were not encoded again
+    assert not (tmp_path / "parts").exists()
+    resumed, whole = TokenStore(tmp_path), TokenStore(tiny_tokens)
+    assert resumed.items == whole.items
+    for name, array in whole.arrays.items():
+        assert np.array_equal(resumed.arrays[name], array), name
+
+
+def test_tokenization_parts_from_another_codec_are_discarded(tiny_corpus, tiny_codec, tmp_path):
+    from spade_tts.reference.dataset import prepare_tokens
+
+    corpus, _, _ = tiny_corpus
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "plan.json").write_text(json.dumps({"codec": "another", "utterances": "x", "part_size": 3}))
+    (parts / "00000.safetensors").write_text("stale")
+    prepare_tokens(corpus, tiny_codec, tmp_path, part_size=3)
+    assert TokenStore(tmp_path).codes(0).size > 0  # the stale part would not even load
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_corpus, tiny_codec, tiny_tokens, tmp_path_factory):
     corpus, _, _ = tiny_corpus
@@ -68,6 +111,18 @@ def test_training_lowers_loss_and_exports_a_hf_checkpoint(trained):
     model = LlamaForCausalLM.from_pretrained(export)
     assert model.config.num_hidden_layers == 2
     assert (export / "codec.safetensors").is_file() and Vocab.load(export).num_speech == 32
+
+
+def test_the_recipes_sampling_is_what_the_exported_folder_samples_with(tiny_tokens, tiny_codec, tmp_path):
+    from spade_tts.reference.train import build_model, export
+
+    vocab = Vocab(TokenStore(tiny_tokens).num_speech)
+    for temperature, top_p, expected in ((0.6, 0.9, {"temperature": 0.6, "top_p": 0.9}),
+                                         (None, None, {"temperature": 1.0, "top_p": 0.8})):
+        cfg = ReferenceTrainConfig(codec_dir=str(tiny_codec), temperature=temperature, top_p=top_p, **TINY)
+        folder = tmp_path / f"export-{temperature}"
+        export(build_model(cfg, vocab), vocab, cfg, folder)
+        assert BuiltinSpeechLM.from_pretrained(folder).sampling == expected
 
 
 def test_resumed_training_matches_an_uninterrupted_run(trained, tiny_tokens, tiny_codec, tmp_path):

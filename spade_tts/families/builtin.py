@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spade_tts.codec import CODEC_CONFIG, CODEC_WEIGHTS
 from spade_tts.families import BUILTIN_MODEL, shipped_folder
 from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLayout, SpeechLM, Utterance
 from spade_tts.families.generate import Generation, sorted_for_nucleus
@@ -134,14 +135,14 @@ def codec_folder(path: Path) -> Path:
     ``spade_pruning.json``), provided that model's codec has the same configuration."""
     from spade_tts.pruning.prune import PRUNING_FILE
 
-    if (path / "codec.safetensors").is_file():
+    if (path / CODEC_WEIGHTS).is_file():
         return path
     record = path / PRUNING_FILE
     source = json.loads(record.read_text()).get("source_model") if record.is_file() else None
     folder = (shipped_folder(source) or Path(source)) if source else None
-    same = folder is not None and all((d / "codec.json").is_file() for d in (folder, path)) and \
-        json.loads((folder / "codec.json").read_text()) == json.loads((path / "codec.json").read_text())
-    if not same or not (folder / "codec.safetensors").is_file():
+    same = folder is not None and all((d / CODEC_CONFIG).is_file() for d in (folder, path)) and \
+        json.loads((folder / CODEC_CONFIG).read_text()) == json.loads((path / CODEC_CONFIG).read_text())
+    if not same or not (folder / CODEC_WEIGHTS).is_file():
         raise FileNotFoundError(f"no codec weights in {path} (codec.safetensors), and no model it was pruned from "
                                 "holds the same codec: copy codec.json and codec.safetensors from the full model")
     return folder
@@ -276,7 +277,7 @@ class BuiltinSpeechLM(SpeechLM):
     @classmethod
     def detect(cls, path: Path) -> bool:
         path = Path(path)
-        return (path / "spade_vocab.json").is_file() and (path / "codec.json").is_file()
+        return (path / "spade_vocab.json").is_file() and (path / CODEC_CONFIG).is_file()
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype | str = "auto",

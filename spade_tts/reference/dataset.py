@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,24 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from spade_tts.batching import collate
-from spade_tts.io import atomic_path
+from spade_tts.io import atomic_path, digest, write_json
 from spade_tts.reference.vocab import Vocab, frames_per_phone
 
 
-def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str | Path) -> dict:
-    """Tokenize every phone-aligned utterance of the corpus (train and held-out)."""
+TOKEN_PART = 500  # utterances per part file: a killed tokenization redoes at most this many
+
+
+def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str | Path, part_size: int = TOKEN_PART) -> dict:
+    """Tokenize every phone-aligned utterance of the corpus (train and held-out), resumably.
+
+    Tokenizing the 3,000-per-voice corpus takes most of an hour on two cores, so the work is done in parts of
+    ``part_size`` utterances, each written atomically to ``out_dir/parts``; a killed run keeps its finished
+    parts, and parts made from another corpus or codec are discarded. The merged ``tokens.safetensors`` is
+    written last, so its presence means the whole corpus is done."""
     from tqdm import tqdm
 
     from spade_tts.audio import load_audio
-    from spade_tts.codec import load_tokenizer
+    from spade_tts.codec import CODEC_FILES, load_tokenizer
     from spade_tts.data.build import read_jsonl
 
     corpus, out = Path(corpus_dir), Path(out_dir)
@@ -37,26 +46,57 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest} not found; run `spade data build` first")
         rows += [r for r in read_jsonl(manifest) if r.get("phones")]
+    if not rows:
+        raise ValueError(f"{corpus} has no phone-aligned utterances to tokenize; build it with an aligned voice")
+    plan = {"codec": digest(*(Path(codec_dir) / f for f in CODEC_FILES)),
+            "utterances": digest(*(f"{r['id']}|{r['audio']}" for r in rows)), "part_size": part_size}
+    parts = out / "parts"
+    if (parts / "plan.json").is_file() and json.loads((parts / "plan.json").read_text()) != plan:
+        shutil.rmtree(parts)  # made from another corpus or codec
+    write_json(parts / "plan.json", plan)
     code_dtype = np.int16 if codec.vocab_size <= np.iinfo(np.int16).max else np.int32
-    codes, phones, frames, index = [], [], [], []
-    for r in tqdm(rows, desc="tokenizing corpus", unit="utt"):
-        c = codec.encode(load_audio(corpus / r["audio"]))
-        ph = vocab.phone_ids([p for p, _ in r["phones"]])
-        fr = frames_per_phone([e for _, e in r["phones"]], codec.config.tokens_per_second, len(c))
-        codes.append(c.astype(code_dtype))
-        phones.append(np.asarray(ph, dtype=np.int16))
-        frames.append(np.asarray(fr, dtype=np.int16))
-        index.append({k: r[k] for k in ("id", "speaker", "split", "text", "seconds")})
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for name, parts in (("codes", codes), ("phones", phones), ("frames", frames)):
-        arrays[name] = np.concatenate(parts)
-        arrays[f"{name}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    starts = range(0, len(rows), part_size)
+
+    def part_file(k: int) -> Path:
+        return parts / f"{k // part_size:05d}.safetensors"
+
+    todo = [k for k in starts if not part_file(k).is_file()]
+    with tqdm(total=len(rows), initial=len(rows) - sum(len(rows[k : k + part_size]) for k in todo),
+              desc="tokenizing corpus", unit="utt") as bar:
+        for k in todo:
+            codes, phones, frames = [], [], []
+            for r in rows[k : k + part_size]:
+                c = codec.encode(load_audio(corpus / r["audio"]))
+                codes.append(c.astype(code_dtype))
+                phones.append(np.asarray(vocab.phone_ids([p for p, _ in r["phones"]]), dtype=np.int16))
+                frames.append(np.asarray(frames_per_phone([e for _, e in r["phones"]], codec.config.tokens_per_second,
+                                                          len(c)), dtype=np.int16))
+                bar.update()
+            with atomic_path(part_file(k)) as tmp:
+                save_file(_flat({"codes": codes, "phones": phones, "frames": frames}), str(tmp))
+    merged: dict[str, list[np.ndarray]] = {"codes": [], "phones": [], "frames": []}
+    for k in starts:
+        part = load_file(str(part_file(k)))
+        for name, pieces in merged.items():
+            off = part[f"{name}_offsets"]
+            pieces += [part[name][off[i] : off[i + 1]] for i in range(len(off) - 1)]
+    index = [{k: r[k] for k in ("id", "speaker", "split", "text", "seconds")} for r in rows]
+    write_json(out / "index.json", {"num_speech": codec.vocab_size, "tokens_per_second": codec.config.tokens_per_second,
+                                    "items": index})
+    arrays = _flat(merged)
     with atomic_path(out / "tokens.safetensors") as tmp:
         save_file(arrays, str(tmp))
-    meta = {"num_speech": codec.vocab_size, "tokens_per_second": codec.config.tokens_per_second, "items": index}
-    (out / "index.json").write_text(json.dumps(meta))
+    shutil.rmtree(parts)
     return {"utterances": len(index), "speech_tokens": int(len(arrays["codes"]))}
+
+
+def _flat(pieces: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-utterance arrays as one flat array per name plus ``NAME_offsets`` (the token file's layout)."""
+    arrays = {}
+    for name, parts in pieces.items():
+        arrays[name] = np.concatenate(parts)
+        arrays[f"{name}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    return arrays
 
 
 def token_index(directory: str | Path) -> dict:

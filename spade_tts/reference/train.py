@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from spade_tts.codec import CODEC_CONFIG, CODEC_FILES
 from spade_tts.io import atomic_path, write_json
 from spade_tts.reference.dataset import PairSampler, TokenStore
 from spade_tts.reference.vocab import Vocab
@@ -59,6 +60,10 @@ class ReferenceTrainConfig:
     head_on_counted_only: bool = False
     time_budget_minutes: float = 0.0  # training time over all resumed runs, then stop and export; 0 = no limit
     export_dtype: str = "float16"  # weights committed to git are stored in half precision
+    # the sampling the exported folder ships with (its generation_config.json, which the builtin family reads as
+    # its default): the best temperature is a property of the weights; None = the family's 1.0 / 0.8
+    temperature: float | None = None
+    top_p: float | None = None
     loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
     seed: int = 0
     device: str = "auto"
@@ -114,7 +119,7 @@ def init_speech_embedding(model: LlamaForCausalLM, vocab: Vocab, features: torch
 
 def fit_codec_first(cfg: ReferenceTrainConfig) -> None:
     """The tokenizer is the pipeline's first stage: fitted (or resumed) unless codec_dir already holds one."""
-    if (Path(cfg.codec_dir) / "codec.json").is_file():
+    if (Path(cfg.codec_dir) / CODEC_CONFIG).is_file():
         return
     from spade_tts.codec.train import CodecFitConfig, fit_codec
     from spade_tts.config import load_config
@@ -141,9 +146,12 @@ def export(model: LlamaForCausalLM, vocab: Vocab, cfg: ReferenceTrainConfig, dir
     dtype = getattr(torch, cfg.export_dtype)
     half = build_model(cfg, vocab)
     half.load_state_dict(model.state_dict())
+    if cfg.temperature is not None or cfg.top_p is not None:
+        half.generation_config.update(do_sample=True, **{k: v for k, v in (("temperature", cfg.temperature),
+                                                                          ("top_p", cfg.top_p)) if v is not None})
     half.to(dtype).save_pretrained(tmp, max_shard_size="14MB")
     vocab.save(tmp)
-    for name in ("codec.json", "codec.safetensors"):
+    for name in CODEC_FILES:
         src = Path(cfg.codec_dir) / name
         if src.is_file():
             shutil.copy(src, tmp / name)
