@@ -52,8 +52,7 @@ def test_pairs_share_a_speaker_and_differ(tiny_tokens):
 
 
 def test_a_killed_tokenization_resumes_at_its_first_unfinished_part_and_matches_one_run(tiny_corpus, tiny_codec,
-                                                                                          tiny_tokens, tmp_path,
-                                                                                          monkeypatch):
+                                                                                          tmp_path, monkeypatch):
     from spade_tts.codec.tokenizer import SpeechTokenizer
     from spade_tts.reference.dataset import prepare_tokens
 
@@ -76,7 +75,8 @@ def test_a_killed_tokenization_resumes_at_its_first_unfinished_part_and_matches_
     summary = prepare_tokens(corpus, tiny_codec, tmp_path, part_size=3)
     assert len(calls) == summary["utterances"] - 6  # the finished parts were not encoded again
     assert not (tmp_path / "parts").exists()
-    resumed, whole = TokenStore(tmp_path), TokenStore(tiny_tokens)
+    prepare_tokens(corpus, tiny_codec, tmp_path / "whole")  # one run over the corpus as it is now
+    resumed, whole = TokenStore(tmp_path), TokenStore(tmp_path / "whole")
     assert resumed.items == whole.items
     for name, array in whole.arrays.items():
         assert np.array_equal(resumed.arrays[name], array), name
