@@ -1,10 +1,12 @@
 """The committed reference model: loads as a plain HF checkpoint and follows its prompt's voice."""
+import json
+
 import numpy as np
 from transformers import AutoModelForCausalLM
 
 from spade_tts.audio import to_mono_16k
 from spade_tts.data.voices import synthesize
-from spade_tts.families import BUILTIN_MODEL
+from spade_tts.families import BUILTIN_MODEL, BUILTIN_TOKENS
 from spade_tts.families.builtin import BuiltinSpeechLM
 from spade_tts.families.registry import load_speech_lm
 from spade_tts.scoring import get_speaker_encoder
@@ -13,9 +15,15 @@ from spade_tts.synthesis import synthesize as speak
 
 def test_builtin_weights_load_with_auto_class():
     model = AutoModelForCausalLM.from_pretrained(BUILTIN_MODEL)
-    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 12
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 8
     tts = load_speech_lm()  # no model named: the built-in one, as the builtin family
     assert isinstance(tts, BuiltinSpeechLM) and model.config.vocab_size == tts.vocab.size == tts.vocab_size
+
+
+def test_distillation_draws_on_the_tokens_the_shipped_model_was_trained_on():
+    """`spade distill` and `spade compress` default to BUILTIN_TOKENS; a stale path would distil from another data set."""
+    trained_on = json.loads((BUILTIN_MODEL / "spade_train_config.json").read_text())["tokens_dir"]
+    assert BUILTIN_TOKENS == trained_on
 
 
 def test_builtin_model_speaks_in_the_prompt_voice():

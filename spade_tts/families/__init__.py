@@ -8,9 +8,10 @@ The built-in model is the ``builtin`` family; its folder ships inside the packag
 from pathlib import Path
 
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "reference"
-# its training utterances through its own tokenizer (made by `spade train-reference --recipe recipes/reference-cpu.yaml`):
-# the teacher's data that `spade distill` and `spade compress` draw from
-BUILTIN_TOKENS = "data/reference_tokens-fsq"
+# its training utterances through its own tokenizer (made by `spade train-reference --recipe recipes/reference-cpu-8x192.yaml`,
+# the folder's spade_train_config.json `tokens_dir`; tested equal): the teacher's data that `spade distill` and
+# `spade compress` draw from
+BUILTIN_TOKENS = "data/reference_tokens-fsq3k"
 BUILTIN_NAMES = ("", "built-in", "builtin", "default")  # what --model/--models take for the built-in model
 # its half-depth student, distilled by SPADE on this CPU (recipes/distill-cpu.yaml; docs/distillation.md)
 BUILTIN_STUDENT = BUILTIN_MODEL.parent / "reference-student"

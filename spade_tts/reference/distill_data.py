@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from spade_tts.distill.data import DATA_FORMAT, META_FILE, check_fraction, write_token_dataset
+from spade_tts.io import digest
 
 
 def select_utterances(items: list[dict], fraction: float, seed: int, split: str = "train") -> list[int]:
@@ -28,10 +29,9 @@ def select_utterances(items: list[dict], fraction: float, seed: int, split: str 
     return sorted(pool[i] for i in chosen)
 
 
-def _files_digest(directory: Path) -> str:
-    h = hashlib.sha256((directory / "index.json").read_bytes())
-    h.update(str((directory / "tokens.safetensors").stat().st_size).encode())
-    return h.hexdigest()[:12]
+def _tokens_digest(tokens_dir: Path) -> str:
+    """The tokenized corpus's index and the size of its token file (reading 10+ MB of tokens to hash them buys nothing)."""
+    return digest(tokens_dir / "index.json", str((tokens_dir / "tokens.safetensors").stat().st_size))
 
 
 def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fraction: float = 0.05, seed: int = 0,
@@ -58,7 +58,7 @@ def build_reference_dataset(tokens_dir: str | Path, out_root: str | Path, fracti
     if not (tokens_dir / "tokens.safetensors").is_file() or not (tokens_dir / "index.json").is_file():
         raise FileNotFoundError(f"no tokenized corpus in {tokens_dir}: expected tokens.safetensors and index.json "
                                 "(made by `spade train-reference`)")
-    settings = {"source": "reference_tokens", "tokens_digest": _files_digest(tokens_dir), "fraction": fraction,
+    settings = {"source": "reference_tokens", "tokens_digest": _tokens_digest(tokens_dir), "fraction": fraction,
                 "seed": seed, "pairs_per_target": pairs_per_target, "max_prompt_seconds": max_prompt_seconds,
                 "max_target_seconds": max_target_seconds, "format": DATA_FORMAT}
     if split != "train":  # (train folders keep the names they had before splits existed)
