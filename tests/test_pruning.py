@@ -460,14 +460,16 @@ def test_cli_prune_names_a_wrong_input_before_a_missing_one(source, tmp_path, ca
 
 
 def test_cli_prune_builtin_model_by_first_layers_loads_as_tts(tmp_path, capsys):
+    from spade_tts.families import BUILTIN_MODEL
     from spade_tts.families.registry import load_speech_lm
 
-    out = tmp_path / "first6"
+    n = json.loads((BUILTIN_MODEL / "config.json").read_text())["num_hidden_layers"]
+    out = tmp_path / "first-half"
     assert main(["prune", "--metric", "first", "--ratio", "0.5", "-o", str(out)]) == 0
-    assert "kept 6 of 12 layers [0, 1, 2, 3, 4, 5] by first" in capsys.readouterr().out
+    assert f"kept {n // 2} of {n} layers {list(range(n // 2))} by first" in capsys.readouterr().out
     tts = load_speech_lm(out)
     assert tts.family == "builtin"
-    assert tts.lm.config.num_hidden_layers == 6 and len(tts.lm.model.layers) == 6
+    assert tts.lm.config.num_hidden_layers == n // 2 and len(tts.lm.model.layers) == n // 2
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
     assert main(["prune", "--ratio", "0.5", "-o", str(tmp_path / "x")]) == 2
     assert "needs a scores file" in capsys.readouterr().err
