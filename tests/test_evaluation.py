@@ -402,3 +402,36 @@ def test_report_says_why_the_full_model_wer_differs_between_scores_and_metrics(t
     assert "capped at 100 % it is 70.0 % (WER<=100 %)" in page
     page = html.unescape(write_report(tmp_path / "r", data, {**scores, "item_wer_cap": 0}).read_text())
     assert "62.0 % over 7 scoring items (plain mean, no cap)." in page
+
+
+def test_measuring_child_stops_when_its_eval_is_killed(tmp_path):
+    """isolate=true's child process (spade_tts.evaluation.measure) ends by itself when its parent dies of a
+    signal it could not catch, instead of running on unseen."""
+    import os
+    import signal
+    import time
+
+    child = ("from spade_tts.evaluation.measure import exit_with_parent; exit_with_parent(0.05); "
+             "import time; time.sleep(60)")
+    parent = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
+              "print(p.pid, flush=True); p.wait()")
+    proc = subprocess.Popen([sys.executable, "-c", parent, child], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    time.sleep(1.0)  # the child is up and watching
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while _running(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    if _running(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the measuring child kept running after its parent was killed")
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan is reaped by init shortly after it exits)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -120,11 +120,28 @@ def run_isolated(cfg, spec, items: list[dict], wav_names: dict[str, str], out: P
     return data
 
 
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """Stop this process when the one that started it is gone: a `spade eval` killed by a signal it cannot catch
+    (``kill``; Ctrl-C reaches the whole process group anyway) would otherwise leave its measuring child running
+    unseen, competing for the cores with whatever runs next."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     from spade_tts.evaluation.evaluate import EvalConfig
     from spade_tts.evaluation.models import ModelSpec
     from spade_tts.io import write_json
 
+    exit_with_parent()
     job = json.loads(Path(argv[0]).read_text())
     out = Path(job["out"])
     try:
