@@ -1,7 +1,8 @@
 """Where the built-in model's decode loop spends its time at batch 1, and what each known lever buys.
 
     python3 benchmarks/generation_anatomy.py --threads 2 --prompts 4             # the table in docs/decoding.md
-    python3 benchmarks/generation_anatomy.py --threads 2 --prompts 4 --compile   # + a compiled step (~45 s)
+    python3 benchmarks/generation_anatomy.py --threads 2 --prompts 4 --compile   # + compiled steps (~2-3 min)
+    python3 benchmarks/generation_anatomy.py --decoder static-int8              # the loop on int8 weights
 
 1. **The loop.** Held-out prompts (one per voice, ``spade eval``'s order) are spoken at batch 1 with the
    family's own sampling, through the steps of ``spade_tts.families.generate.generate`` (prefill, then the
@@ -13,7 +14,8 @@
    12 MB of weights (the 15,403-row head alone 11.8 MB), which evicts the caches those operations run from.
 3. **The step alone**, per engine: the default (``decoder=static``), with fused q/k/v and gate/up matmuls,
    with int8 weights (``decoder=static-int8``), and with ``--compile`` the step compiled by inductor
-   (static shapes; compile time reported). Medians of ``--reps`` steps mid-sequence.
+   for static shapes and for any cache length, float and int8 (``decoder=static-compiled``,
+   ``static-int8-compiled``; compile time reported). Medians of ``--reps`` steps mid-sequence.
 4. **Other shapes** (``--shapes 8x192x768,...``: layers x hidden x feed-forward): the same step for an LM of
    that shape at random initialisation (same vocabulary, 64-wide heads, one key/value head), twice in turn,
    and the LM real-time factor it would run at: its step plus the rest of (1)'s time per token (the rule,
@@ -135,6 +137,8 @@ def shape_steps(speech, request, shapes: list[str], reps: int) -> dict:
 
 
 def main() -> None:
+    from spade_tts.families.base import DECODERS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
     ap.add_argument("--prompts", type=int, default=4, help="held-out prompts (one per voice, in the eval's order)")
@@ -142,7 +146,10 @@ def main() -> None:
     ap.add_argument("--model", default="", help="a builtin-family folder (default: the shipped model)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reps", type=int, default=200, help="steps per engine timing")
-    ap.add_argument("--compile", action="store_true", help="also time a torch.compile'd step (static shapes)")
+    ap.add_argument("--decoder", default="static", choices=DECODERS,
+                    help="the loop's engine: static (float32), static-int8 or hf")
+    ap.add_argument("--temperature", type=float, default=None, help="the loop's temperature (default: the model's own)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (static shapes; any length)")
     ap.add_argument("--shapes", default="", help="also time LMs of these shapes, LAYERSxHIDDENxFFN,... (random weights)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "generation_anatomy_cpu.json"))
     args = ap.parse_args()
@@ -156,7 +163,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     speech = load_speech_lm(args.model or None)
     requests, info = load_requests(speech, args)
-    cfg = speech.generation_defaults(seed=args.seed)
+    cfg = speech.generation_config(seed=args.seed, decoder=args.decoder, temperature=args.temperature)
     tps = speech.codec.config.tokens_per_second
 
     with warnings.catch_warnings():
@@ -179,7 +186,9 @@ def main() -> None:
     engines = {"static": {}, "static, fused q/k/v and gate/up": {"fuse_projections": True},
                "static-int8": {"int8_weights": True}}
     if args.compile:
-        engines["static, compiled (inductor)"] = {"compile": True}
+        engines["static, compiled (inductor, static shapes)"] = {"compile": True}
+        engines["static-compiled (any length)"] = {"compile_any_length": True}
+        engines["static-int8-compiled (any length)"] = {"int8_weights": True, "compile_any_length": True}
     steps = {}
     for name, kw in engines.items():
         t = time.perf_counter()
@@ -214,7 +223,8 @@ def main() -> None:
         for shape, row in shapes.items():
             print(f"| {shape} | {row['params'] / 1e6:.1f} M | {row['step_ms']:.3f} ms | {row['lm_rtf_projected']:.3f} |")
     write_json(args.json, {"command": "python3 " + " ".join(sys.argv), "machine": machine_info("cpu"),
-                           "model": str(speech.path), "items": [i["id"] for i in info], "loop": loop, "engines": steps,
+                           "model": str(speech.path), "items": [i["id"] for i in info],
+                           "decoder": cfg.decoder, "temperature": cfg.temperature, "loop": loop, "engines": steps,
                            "shapes": shapes})
     print(f"\nwrote {args.json}")
 

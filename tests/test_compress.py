@@ -60,6 +60,15 @@ def test_stage_settings_are_checked(tiny_reference, tiny_corpus, tiny_tokens, tm
     cfg.score = {"items_per_speker": 1}
     with pytest.raises(ValueError, match="unknown score setting"):
         compress(cfg)
+    # the last stage's settings are checked before the first stage runs: nothing is scored first
+    for stage, settings, says in (("eval", {"decoder": "fast"}, "decoder='fast'"),
+                                  ("distill", {"stpes": 5}, "unknown distill setting"),
+                                  ("score", {"decoder": "static-int8-compiled"}, "compiled again")):
+        cfg = tiny_settings(tiny_reference, tiny_corpus, tiny_tokens, tmp_path / f"bad-{stage}")
+        setattr(cfg, stage, settings)
+        with pytest.raises(ValueError, match=says):
+            compress(cfg)
+        assert not (tmp_path / f"bad-{stage}" / "score").exists()
     assert main(["compress", f"model={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'x'}"]) == 2
     assert "nowhere not found" in capsys.readouterr().err
     assert pipeline.QUICK["own_corpus"] is True

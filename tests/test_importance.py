@@ -234,6 +234,8 @@ def test_bad_score_settings_are_clear(tiny_reference, tiny_corpus, tmp_path):
         score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), keep=4, out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="iterative_metric"):
         score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), iterative_metric="bogus"))
+    with pytest.raises(ValueError, match="compiled again for every skipped layer"):
+        score_layers(ScoreConfig(model=str(tiny_reference), corpus_dir=str(corpus), decoder="static-int8-compiled"))
 
 
 def test_scores_do_not_depend_on_batching_or_overlap(scored, tmp_path):

@@ -331,3 +331,58 @@ def test_int8_step_traces_as_one_graph():
         got = generate_greedy(model, ids, mask, 6, decoder=decoder)
     assert decoder._compiled is not None
     assert torch.equal(got, ref)
+
+
+def test_step_compiled_for_any_length_matches_eager_and_is_reused():
+    """compile_any_length (inductor, dynamic shapes): logits equal the eager step's to rounding, and a second
+    decoder of the same model shape, with another cache length and other prompts, runs without compiling again."""
+    from torch._dynamo.utils import counters
+
+    model = make_model("qwen2", num_hidden_layers=2)  # q/k/v biases: every term of the step
+    for int8 in (False, True):
+        graphs = None
+        for max_len, lengths, seed in ((20, [5, 3], 1), (41, [9, 4], 2)):
+            ids, mask = padded_batch(lengths, seed=seed)
+            feed = [torch.randint(1, VOCAB, (2,), generator=torch.Generator().manual_seed(s)) for s in range(7)]
+            ref = static_logits(StaticDecoder(model, 2, max_len, int8_weights=int8), ids, mask, feed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)  # a failed compile would warn and fall back
+                got = static_logits(StaticDecoder(model, 2, max_len, int8_weights=int8, compile_any_length=True),
+                                    ids, mask, feed)
+            for r, g in zip(ref, got):
+                torch.testing.assert_close(g, r, atol=2e-2 if int8 else 1e-4, rtol=2e-2 if int8 else 1e-4)
+            if graphs is not None:
+                assert counters["stats"]["unique_graphs"] == graphs, "the second decoder compiled again"
+            graphs = counters["stats"]["unique_graphs"]
+    with pytest.raises(ValueError, match="compile_any_length") as err:
+        StaticDecoder(model, 1, 8, compile=True, compile_any_length=True)
+    assert "\n" not in str(err.value)
+
+
+def test_a_failed_any_length_compile_warns_once_and_decodes_eagerly(monkeypatch):
+    """A compile that fails falls back to the eager step with one warning; later decoders go eager at once."""
+    from spade_tts.decoding import static_decoder
+
+    calls = []
+
+    class Broken:
+        failed = False
+
+        def fn(self, *args):
+            calls.append(1)
+            raise RuntimeError("inductor could not build\nsecond line")
+
+    broken = Broken()
+    monkeypatch.setattr(static_decoder, "_any_length_step", lambda: broken)
+    model = make_model("llama", num_hidden_layers=2)
+    ids, mask = padded_batch([5, 3])
+    feed = [torch.tensor([7, 8]), torch.tensor([9, 10])]
+    ref = static_logits(StaticDecoder(model, 2, 12), ids, mask, feed)
+    with pytest.warns(UserWarning, match="inductor could not build\\); decoding uncompiled"):
+        got = static_logits(StaticDecoder(model, 2, 12, compile_any_length=True), ids, mask, feed)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        static_logits(StaticDecoder(model, 2, 12, compile_any_length=True), ids, mask, feed)
+    assert broken.failed and len(calls) == 1

@@ -77,10 +77,10 @@ def _done(path: Path, what: str) -> bool:
 
 def compress(cfg: CompressConfig) -> dict:
     from spade_tts.distill.trainer import DistillConfig, distill
-    from spade_tts.evaluation.evaluate import EvalConfig, evaluate_models
+    from spade_tts.evaluation.evaluate import EvalConfig, check_eval_settings, evaluate_models
     from spade_tts.evaluation.report import write_report
     from spade_tts.families.registry import detect_family, family_class, model_folder
-    from spade_tts.importance.layer_importance import ScoreConfig, score_layers
+    from spade_tts.importance.layer_importance import ScoreConfig, check_score_settings, score_layers
     from spade_tts.pruning.prune import PruneConfig, prune_checkpoint
 
     out = Path(cfg.out_dir)
@@ -89,6 +89,10 @@ def compress(cfg: CompressConfig) -> dict:
     if not cfg.data and not family_class(family).ships_training_data:  # found now, not after scoring
         raise ValueError(f"a {family} checkpoint needs --data MANIFEST (JSONL of audio, text, speaker): the items "
                          "to score and evaluate, and the data to distill on")
+    # every stage's own settings, checked now: a typo in eval= must not wait for scoring and distillation
+    check_score_settings(_stage_config(ScoreConfig, {}, cfg.score, "score"))
+    _stage_config(DistillConfig, {}, cfg.distill, "distill")
+    check_eval_settings(_stage_config(EvalConfig, {}, cfg.eval, "eval"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     fam = {"family": cfg.family, "family_config": cfg.family_config}

@@ -34,6 +34,7 @@ Inference semantics only: dropout is never applied, whatever ``model.training`` 
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -136,12 +137,19 @@ class StaticDecoder:
     * ``static_shapes``: steps attend over the whole ``max_len`` cache through the mask (the
       fixed shapes CUDA graphs need) instead of over a view of the filled slots. Slower on CPU;
       defaults to ``compile or cuda_graphs``.
+    * ``compile_any_length``: the eager step (a view of the filled slots) compiled by inductor with
+      dynamic shapes, for the CPU: one compile per process and model shape (about a minute), which
+      every later decoder reuses whatever its cache length, position or batch, where ``compile``
+      fixes the cache length (a step attends over all ``max_len`` slots) and compiles each decoder
+      anew. Not with ``compile``, ``cuda_graphs`` or ``static_shapes``. Same arithmetic in fused
+      kernels: logits match the eager step to rounding (to bfloat16 rounding with int8 weights).
     """
 
     def __init__(self, model: nn.Module, max_batch: int, max_len: int,
                  head_rows: slice | torch.Tensor | list[int] | None = None, dtype: torch.dtype | None = None,
                  compile: bool = False, static_shapes: bool | None = None, compile_kwargs: dict | None = None,
-                 cuda_graphs: bool = False, fuse_projections: bool = False, int8_weights: bool = False):
+                 cuda_graphs: bool = False, fuse_projections: bool = False, int8_weights: bool = False,
+                 compile_any_length: bool = False):
         cfg = model.config
         mtype = getattr(cfg, "model_type", None)
         if mtype not in SUPPORTED_MODEL_TYPES:
@@ -165,6 +173,9 @@ class StaticDecoder:
             if not int8_matmul_available():
                 raise ValueError(f"int8_weights=True needs torch._weight_int8pack_mm (torch >= 2.4); this is {torch.__version__}")
         self.static = bool(compile or cuda_graphs) if static_shapes is None else bool(static_shapes)
+        if compile_any_length and (compile or cuda_graphs or self.static):
+            raise ValueError("compile_any_length=True compiles the eager step (any cache length); it does not combine "
+                             "with compile, cuda_graphs or static_shapes=True")
         if cuda_graphs and not self.static:
             raise ValueError("cuda_graphs=True needs static_shapes=True (a graph replays fixed shapes)")
         self._rms = _rms_fn(self.dtype)
@@ -248,6 +259,8 @@ class StaticDecoder:
         self._graph_pool = None
         if compile:
             self._setup_compile(compile_kwargs, cuda_graphs)
+        shared = _any_length_step() if compile_any_length and hasattr(torch, "compile") else None
+        self._any_length = shared if shared is not None and not shared.failed else None
 
     @staticmethod
     def _fuse(layer):
@@ -497,6 +510,12 @@ class StaticDecoder:
             if out is not None:
                 return out
         with torch.inference_mode():
+            if self._any_length is not None:
+                try:
+                    return self._any_length.fn(self, next_ids, t)
+                except Exception as exc:  # noqa: BLE001 - compiling failed; tracing runs on fake tensors, state is intact
+                    self._any_length.failed, self._any_length = True, None
+                    _warn_compile_failed(exc, "decoding uncompiled from now on", 2)
             return self._decode_one(next_ids, t)
 
     def keep_rows(self, rows: torch.Tensor | list[int]) -> None:
@@ -600,10 +619,7 @@ class StaticDecoder:
         if not hasattr(torch, "compile"):
             warnings.warn("torch.compile is not available; StaticDecoder runs uncompiled", stacklevel=3)
             return
-        limits = torch._dynamo.config  # every decoder (one per skipped layer when scoring) is a new entry
-        for name in ("recompile_limit", "cache_size_limit"):
-            if isinstance(getattr(limits, name, None), int):
-                setattr(limits, name, max(getattr(limits, name), 64))
+        _raise_recompile_limits()
         mark = getattr(torch._dynamo, "mark_static_address", None)
         if mark is not None:  # mutated in place by the step: CUDA graphs must keep their addresses
             for k, v in self._caches:
@@ -628,8 +644,7 @@ class StaticDecoder:
                 return self._compiled(ids).clone()
         except Exception as exc:  # noqa: BLE001 - compiling failed; tracing runs on fake tensors, state is intact
             self._compiled = None
-            warnings.warn(f"torch.compile of the decode step failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); decoding uncompiled", stacklevel=3)
+            _warn_compile_failed(exc, "decoding uncompiled", 3)
             return None
 
 
@@ -669,9 +684,7 @@ class StaticDecoder:
                 if not compiled:
                     raise
                 self._compiled, step = None, self._decode_static
-                warnings.warn(f"torch.compile of the decode step failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); capturing the eager step",
-                              stacklevel=4)
+                _warn_compile_failed(exc, "capturing the eager step", 5)
                 for _ in range(2):
                     step(ids_buf)
         torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -683,6 +696,40 @@ class StaticDecoder:
         with torch.cuda.graph(graph, pool=self._graph_pool), torch.no_grad():
             out = step(ids_buf)
         return graph, ids_buf, out
+
+
+def _raise_recompile_limits() -> None:
+    """Room for many compiled entries: every decoder (one per skipped layer when scoring) or model shape is one."""
+    limits = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if isinstance(getattr(limits, name, None), int):
+            setattr(limits, name, max(getattr(limits, name), 64))
+
+
+def _warn_compile_failed(exc: Exception, then: str, frames: int) -> None:
+    """One warning naming the failure; ``frames``: how far above this call the caller of ``step`` is."""
+    warnings.warn(f"torch.compile of the decode step failed ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else ''}); {then}", stacklevel=frames + 1)
+
+
+class _AnyLengthStep:
+    """``StaticDecoder._decode_one`` compiled with dynamic shapes, one for the whole process (:func:`_any_length_step`).
+
+    Generation builds a decoder per call (per item at batch 1), so a compile owned by one decoder would be paid
+    per item. The decoder is an argument here: dynamo guards on the types, shapes and constants it reads (layer
+    count, head sizes, int8 or float weights, padding), not on the tensors' identity, so a new decoder of the same
+    model shape reuses the compiled step, and the cache length, position and batch are symbolic. A failed compile
+    marks it ``failed``, so that later decoders go eager at once instead of failing (and warning) again."""
+
+    def __init__(self):
+        _raise_recompile_limits()
+        self.fn = torch.compile(StaticDecoder._decode_one, dynamic=True)
+        self.failed = False
+
+
+@functools.cache
+def _any_length_step() -> _AnyLengthStep:
+    return _AnyLengthStep()
 
 
 @torch.inference_mode()

@@ -60,7 +60,9 @@ class EvalConfig:
     top_p: float | None = None  # None = the family's own default (built-in model: 0.8)
     max_seconds: float = 20.0  # length guard per item (phone-forced rules); token rules: max_new_tokens
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
-    decoder: str = "static"  # "static-int8": int8 weights in the decode step (CPU only, lossy; docs/decoding.md)
+    # "static-int8": int8 weights in the decode step (CPU only, lossy); "static-compiled" / "static-int8-compiled":
+    # the step compiled once per model process, during the warm-up (CPU only; docs/decoding.md)
+    decoder: str = "static"
     # speculative decoding of every model, lossless (docs/decoding.md): student=PATH, skip=N (each model without its
     # N least important layers by WLI in draft_scores) or skip-layers=I,J,...; '' = off
     draft: str = ""
@@ -333,23 +335,28 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def check_eval_settings(cfg: EvalConfig) -> None:
+    """One-line errors for settings that cannot run, before any model does (`spade compress` calls it up front)."""
+    from spade_tts.families.base import check_decoder
+
+    if cfg.rtf_runs < 1:
+        raise ValueError(f"rtf_runs={cfg.rtf_runs}: at least 1 timed pass is needed (3 is usual)")
+    if cfg.warmup < 0:
+        raise ValueError(f"warmup={cfg.warmup} must be 0 or more")
+    check_decoder(cfg.decoder, cfg.device)
+    if cfg.draft:
+        from spade_tts.families.speculative import check_draft
+
+        check_draft(cfg.draft, cfg.draft_tokens, cfg.decoder, cfg.draft_accept)
+
+
 def evaluate_models(cfg: EvalConfig) -> dict:
     """Evaluate ``cfg.models`` on one item set; write and return the ``spade-eval/1`` results."""
     from spade_tts.audio import load_audio
     from spade_tts.evaluation.models import parse_model_specs
     from spade_tts.scoring import get_speaker_encoder, get_transcriber
 
-    if cfg.rtf_runs < 1:
-        raise ValueError(f"rtf_runs={cfg.rtf_runs}: at least 1 timed pass is needed (3 is usual)")
-    if cfg.warmup < 0:
-        raise ValueError(f"warmup={cfg.warmup} must be 0 or more")
-    from spade_tts.families.base import check_decoder
-
-    check_decoder(cfg.decoder, cfg.device)  # before any model runs
-    if cfg.draft:
-        from spade_tts.families.speculative import check_draft
-
-        check_draft(cfg.draft, cfg.draft_tokens, cfg.decoder, cfg.draft_accept)
+    check_eval_settings(cfg)
     specs = parse_model_specs(cfg.models)
     items, source = load_items(cfg)
     out_dir = Path(cfg.out_dir)

@@ -67,7 +67,13 @@ class Utterance:
     phones: list[tuple[str, float]] | None = None  # (phone, end time in s): phone-forced families (builtin)
 
 
-DECODERS = ("static", "static-int8", "hf")
+DECODERS = ("static", "static-int8", "static-compiled", "static-int8-compiled", "hf")
+
+
+def decoder_options(name: str) -> dict:
+    """StaticDecoder's switches for a decoder name: int8 weight copies, and a step compiled for any cache length
+    (one compile per process and model shape, reused by every later decoder; ``docs/decoding.md``)."""
+    return {"int8_weights": "int8" in name, "compile_any_length": name.endswith("-compiled")}
 
 
 @dataclass
@@ -101,7 +107,9 @@ class GenerationConfig:
     # the decode engine: "static" = spade_tts.decoding.StaticDecoder (preallocated KV cache, head trimmed to the
     # rows speech may use) where the LM is a plain HF Llama/Qwen2/Qwen3/Mistral, the LM's own forward otherwise;
     # "static-int8": the same with int8 weight copies in the decode step (CPU only, slightly lossy, faster at
-    # small batches; spade_tts/decoding/int8_weights.py); "hf": always the LM's own forward
+    # small batches; spade_tts/decoding/int8_weights.py); "static-compiled" / "static-int8-compiled" (CPU only):
+    # the step compiled by inductor for any cache length, once per process (~1 min; worth it for many items);
+    # "hf": always the LM's own forward
     decoder: str = "static"
     drop_finished: bool = True  # rows whose item ended leave the batch, where the rule's rows are independent
     # speculative decoding (spade_tts/families/speculative.py; lossless: the output follows the model's own
@@ -125,9 +133,11 @@ class GenerationConfig:
 def check_decoder(name: str, device) -> None:
     """One-line errors for a decoder name that does not exist or cannot run on ``device``."""
     if name not in DECODERS:
-        raise ValueError(f"decoder={name!r}: use static (default), static-int8 (CPU only) or hf")
-    if name == "static-int8" and torch.device(device).type != "cpu":
-        raise ValueError(f"decoder=static-int8 is a CPU path and the model is on {device}; use decoder=static there")
+        raise ValueError(f"decoder={name!r}: use static (default), static-int8, static-compiled, static-int8-compiled "
+                         "(the last three CPU only) or hf")
+    if name not in ("static", "hf") and torch.device(device).type != "cpu":
+        raise ValueError(f"decoder={name} is a CPU path and the model is on {device}; use decoder=static there "
+                         "(on a GPU it replays CUDA graphs)")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import torch
 
-from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM, check_decoder
+from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM, check_decoder, decoder_options
 
 
 def static_supported(lm) -> bool:
@@ -231,9 +231,9 @@ def decode_engine(lm, batch: int, max_len: int, rows: torch.Tensor, decoder: str
 
         # on a GPU each step is one CUDA-graph replay (launch-bound otherwise); rows then stay in the batch
         return StaticDecoder(lm, batch, max_len, head_rows=rows, cuda_graphs=device.type == "cuda",
-                             int8_weights=decoder == "static-int8")
-    if decoder == "static-int8":
-        raise ValueError(f"decoder=static-int8 needs the static decoder; this {type(lm).__name__} decodes with its "
+                             **decoder_options(decoder))
+    if decoder not in ("static", "hf"):
+        raise ValueError(f"decoder={decoder} needs the static decoder; this {type(lm).__name__} decodes with its "
                          "own forward (use decoder=static)")
     return _HFEngine(lm, rows)
 

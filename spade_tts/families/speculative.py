@@ -92,9 +92,9 @@ def check_draft(draft: str | None, draft_tokens: int, decoder: str, draft_accept
     parse_accept(draft_accept)
     if int(draft_tokens) < 1:
         raise ValueError(f"draft_tokens={draft_tokens}: the draft proposes at least 1 token per round")
-    if decoder == "static-int8":
-        raise ValueError("draft= with decoder=static-int8: the model's checking forward runs the float layers, so "
-                         "the output would follow neither path; use decoder=static")
+    if decoder not in ("static", "hf"):
+        raise ValueError(f"draft= with decoder={decoder}: the model's checking forward runs the float layers "
+                         "uncompiled, so the output would follow neither path; use decoder=static")
     return parsed
 
 

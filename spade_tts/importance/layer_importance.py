@@ -52,7 +52,7 @@ class ScoreConfig:
     temperature: float | None = None  # None = the family's default (built-in model: its generation_config.json, 0.7)
     top_p: float | None = None  # None = the family's default (built-in model: 0.8)
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
-    decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8, hf
+    decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8, hf, ... (DECODERS)
     batch_size: int = 32  # items decoded together; the items of one layer fit one batch by default
     tf_batch: int = 8  # sequences per teacher-forced forward
     wli: bool = True  # False: only the teacher-forced proxies (seconds instead of minutes)
@@ -302,17 +302,26 @@ def iterative_removal(n_layers: int, keep: int, score_of, prefetch=None) -> list
     return removed
 
 
-def score_layers(cfg: ScoreConfig) -> dict:
-    """Load the model, pick the items, and score every layer (resumable): the ``spade-scores/1`` dict."""
-    from spade_tts.evaluation.items import ItemsError, select_items
-    from spade_tts.families.base import check_decoder
-    from spade_tts.families.registry import load_speech_lm
-    from spade_tts.pruning.layers import decoder_layers, model_fingerprint
-    from spade_tts.scoring import get_transcriber
+def check_score_settings(cfg: ScoreConfig) -> None:
+    """One-line errors for settings that cannot run, before any model does (`spade compress` calls it up front)."""
+    from spade_tts.families.base import check_decoder, decoder_options
 
     if cfg.iterative_metric not in ("wli", "tf_loss_rise"):
         raise ValueError(f"iterative_metric={cfg.iterative_metric!r}: use wli or tf_loss_rise")
     check_decoder(cfg.decoder, cfg.device)
+    if decoder_options(cfg.decoder)["compile_any_length"]:
+        raise ValueError(f"decoder={cfg.decoder}: a compiled step is compiled again for every skipped layer (each "
+                         "model depth is a new shape); score with decoder=static or static-int8")
+
+
+def score_layers(cfg: ScoreConfig) -> dict:
+    """Load the model, pick the items, and score every layer (resumable): the ``spade-scores/1`` dict."""
+    from spade_tts.evaluation.items import ItemsError, select_items
+    from spade_tts.families.registry import load_speech_lm
+    from spade_tts.pruning.layers import decoder_layers, model_fingerprint
+    from spade_tts.scoring import get_transcriber
+
+    check_score_settings(cfg)
     processes = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import PartialState
