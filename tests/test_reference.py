@@ -315,3 +315,21 @@ def test_the_head_at_counted_positions_gives_the_models_own_loss_and_gradients(t
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_can_start_from_an_exported_model_and_refuses_another_shape(trained, tmp_path):
+    """init_from: a fresh run (new optimizer and schedule) starting from an exported folder's weights."""
+    cfg, export = trained
+    again = ReferenceTrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "more"), "init_from": str(export),
+                                    "steps": 1, "lr": 0.0, "save_every": 1})
+    out = train_reference(again)  # lr 0: the one step leaves the weights where they started
+    start, end = LlamaForCausalLM.from_pretrained(export), LlamaForCausalLM.from_pretrained(out)
+    for (name, a), b in zip(start.state_dict().items(), end.state_dict().values()):
+        assert torch.equal(a, b), name
+    log = [json.loads(l) for l in open(tmp_path / "more" / "train_log.jsonl")]
+    fresh = [json.loads(l) for l in open(f"{cfg.out_dir}/train_log.jsonl")]
+    assert log[0]["loss"] < fresh[0]["loss"]  # it starts where the exported model ended, not from noise
+    wrong = ReferenceTrainConfig(**{**again.__dict__, "out_dir": str(tmp_path / "wrong"), "layers": 3})
+    with pytest.raises(ValueError, match="is 2 layers x .* but this recipe builds 3 layers") as err:
+        train_reference(wrong)
+    assert "\n" not in str(err.value)

@@ -59,6 +59,10 @@ class ReferenceTrainConfig:
     # vocabulary-sized matmul at every text and prompt position (with 15,360 codes the head is a third of the model)
     head_on_counted_only: bool = False
     time_budget_minutes: float = 0.0  # training time over all resumed runs, then stop and export; 0 = no limit
+    # start from the weights of an exported folder ('built-in' = the shipped model) with a fresh optimizer and a new
+    # schedule (warm-up, then this run's cosine): more training for a model whose run and optimizer state are gone.
+    # The folder must have this recipe's shape and vocabulary; a run with a last.pt resumes from that instead
+    init_from: str = ""
     export_dtype: str = "float16"  # weights committed to git are stored in half precision
     # the sampling the exported folder ships with (its generation_config.json, which the builtin family reads as
     # its default): the best temperature is a property of the weights; None = the family's 1.0 / 0.8
@@ -115,6 +119,27 @@ def init_speech_embedding(model: LlamaForCausalLM, vocab: Vocab, features: torch
     rows *= model.config.initializer_range / rows.std()
     with torch.no_grad():
         model.get_input_embeddings().weight[vocab.speech_offset:vocab.speech_offset + vocab.num_speech] = rows
+
+
+def init_weights(model: LlamaForCausalLM, folder: str) -> None:
+    """``model`` takes the weights of an exported folder (``built-in``: the shipped model), in its own dtype;
+    a folder of another shape or vocabulary is refused in one line, naming both."""
+    from spade_tts.families.registry import model_folder
+
+    path = model_folder(folder)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"init_from={folder}: no exported model in {path} (config.json missing)")
+    source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    mine, theirs = model.config, source.config
+    shape = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+             "vocab_size")
+    if any(getattr(mine, k) != getattr(theirs, k) for k in shape):
+        def show(c):
+            return (f"{c.num_hidden_layers} layers x {c.hidden_size} (ffn {c.intermediate_size}, {c.num_attention_heads}"
+                    f"/{c.num_key_value_heads} heads), vocabulary {c.vocab_size}")
+        raise ValueError(f"init_from={folder} is {show(theirs)} but this recipe builds {show(mine)}; "
+                         "train with the recipe the folder was exported by (its spade_train_config.json)")
+    model.load_state_dict(source.state_dict())
 
 
 def fit_codec_first(cfg: ReferenceTrainConfig) -> None:
@@ -184,6 +209,8 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         from spade_tts.codec import load_tokenizer
 
         init_speech_embedding(model, vocab, load_tokenizer(cfg.codec_dir).code_features(), cfg.seed)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     step, trained_seconds = 0, 0.0
