@@ -3,6 +3,7 @@
     python3 benchmarks/score_speed.py                               # 28 items, full model + layers 0, 5, 10
     python3 benchmarks/score_speed.py --items-per-speaker 7 --layers all --modes fast
     python3 benchmarks/score_speed.py --model runs/reference-cpu/best --items-per-speaker 8 --layers all --modes fast
+    python3 benchmarks/score_speed.py --items-per-speaker 8 --layers all --modes fast --decoder static-int8
 
 A WLI pass synthesizes every item with one layer skipped and transcribes it with Whisper. Modes
 (each a ``ScoreConfig``; everything else, items, seed and decoding, is the same):
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="0,5,10", help="comma-separated layers to skip, or 'all'")
     ap.add_argument("--modes", default="baseline,fast")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--decoder", default="static", help="the passes' decode engine: static (float32) or static-int8")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "score_speed_cpu.json"))
     args = ap.parse_args(argv)
 
@@ -68,13 +70,13 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
                "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
-               "model": args.model or "built-in"}
+               "model": args.model or "built-in", "decoder": args.decoder}
     print(f"# {machine['cpu']}, {machine['cpu_count']} CPUs, torch {torch.__version__} ({threads} threads); "
           f"{len(items)} items, passes: full + skip {layers}")
     results = []
     for mode in [m for m in args.modes.split(",") if m]:
         cfg = ScoreConfig(items_per_speaker=args.items_per_speaker, corpus_dir=args.corpus_dir,
-                          batch_size=args.batch_size, **MODES[mode])
+                          batch_size=args.batch_size, decoder=args.decoder, **MODES[mode])
         overlap = cfg.overlap_asr
         asr = get_transcriber(None, cpu_threads=1 if overlap else threads)
         asr.transcribe([np.zeros(1600, dtype=np.float32)])  # load Whisper outside the clock

@@ -68,6 +68,7 @@ class Utterance:
 
 
 DECODERS = ("static", "static-int8", "static-compiled", "static-int8-compiled", "hf")
+EXACT_DECODERS = ("static", "hf")  # the model's own float layers, uncompiled, on any device; the others are CPU paths
 
 
 def decoder_options(name: str) -> dict:
@@ -133,9 +134,10 @@ class GenerationConfig:
 def check_decoder(name: str, device) -> None:
     """One-line errors for a decoder name that does not exist or cannot run on ``device``."""
     if name not in DECODERS:
-        raise ValueError(f"decoder={name!r}: use static (default), static-int8, static-compiled, static-int8-compiled "
-                         "(the last three CPU only) or hf")
-    if name not in ("static", "hf") and torch.device(device).type != "cpu":
+        cpu_only = ", ".join(n for n in DECODERS if n not in EXACT_DECODERS)
+        raise ValueError(f"decoder={name!r}: use one of {', '.join(DECODERS)} (static is the default; {cpu_only} "
+                         "on a CPU only)")
+    if name not in EXACT_DECODERS and torch.device(device).type != "cpu":
         raise ValueError(f"decoder={name} is a CPU path and the model is on {device}; use decoder=static there "
                          "(on a GPU it replays CUDA graphs)")
 

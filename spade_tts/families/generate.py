@@ -32,7 +32,8 @@ from typing import Protocol
 
 import torch
 
-from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM, check_decoder, decoder_options
+from spade_tts.families.base import (EXACT_DECODERS, GenerationConfig, GenerationRequest, SpeechLM, check_decoder,
+                                     decoder_options)
 
 
 def static_supported(lm) -> bool:
@@ -232,7 +233,7 @@ def decode_engine(lm, batch: int, max_len: int, rows: torch.Tensor, decoder: str
         # on a GPU each step is one CUDA-graph replay (launch-bound otherwise); rows then stay in the batch
         return StaticDecoder(lm, batch, max_len, head_rows=rows, cuda_graphs=device.type == "cuda",
                              **decoder_options(decoder))
-    if decoder not in ("static", "hf"):
+    if decoder not in EXACT_DECODERS:
         raise ValueError(f"decoder={decoder} needs the static decoder; this {type(lm).__name__} decodes with its "
                          "own forward (use decoder=static)")
     return _HFEngine(lm, rows)

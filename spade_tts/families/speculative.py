@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spade_tts.families.base import GenerationConfig, GenerationRequest, SpeechLM
+from spade_tts.families.base import EXACT_DECODERS, GenerationConfig, GenerationRequest, SpeechLM
 
 KINDS = ("student=PATH", "skip=N", "skip-layers=I,J,...")
 ACCEPT_MODES = ("exact", "groups=N")
@@ -92,7 +92,7 @@ def check_draft(draft: str | None, draft_tokens: int, decoder: str, draft_accept
     parse_accept(draft_accept)
     if int(draft_tokens) < 1:
         raise ValueError(f"draft_tokens={draft_tokens}: the draft proposes at least 1 token per round")
-    if decoder not in ("static", "hf"):
+    if decoder not in EXACT_DECODERS:
         raise ValueError(f"draft= with decoder={decoder}: the model's checking forward runs the float layers "
                          "uncompiled, so the output would follow neither path; use decoder=static")
     return parsed
