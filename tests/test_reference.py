@@ -66,8 +66,10 @@ def test_a_killed_tokenization_resumes_at_its_first_unfinished_part_and_matches_
         return real_encode(self, audio)
 
     monkeypatch.setattr(SpeechTokenizer, "encode", dies_after_seven)
+    threads = torch.get_num_threads()
     with pytest.raises(KeyboardInterrupt):
         prepare_tokens(corpus, tiny_codec, tmp_path, part_size=3)
+    assert torch.get_num_threads() == threads  # the encoder's one thread is given back, also on the way out
     assert not (tmp_path / "tokens.safetensors").exists()  # nothing that looks finished
     assert len(list((tmp_path / "parts").glob("*.safetensors"))) == 2  # two whole parts of 3 kept
     calls.clear()
