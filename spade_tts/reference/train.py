@@ -140,6 +140,7 @@ def init_weights(model: LlamaForCausalLM, folder: str) -> None:
         raise ValueError(f"init_from={folder} is {show(theirs)} but this recipe builds {show(mine)}; "
                          "train with the recipe the folder was exported by (its spade_train_config.json)")
     model.load_state_dict(source.state_dict())
+    print(f"starting from the weights of {path} (a fresh optimizer and schedule)")
 
 
 def fit_codec_first(cfg: ReferenceTrainConfig) -> None:
@@ -209,7 +210,7 @@ def train_reference(cfg: ReferenceTrainConfig) -> Path:
         from spade_tts.codec import load_tokenizer
 
         init_speech_embedding(model, vocab, load_tokenizer(cfg.codec_dir).code_features(), cfg.seed)
-    if cfg.init_from:
+    if cfg.init_from and not (out / "last.pt").is_file():  # a run that has a checkpoint resumes from it instead
         init_weights(model, cfg.init_from)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
