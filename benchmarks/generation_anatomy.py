@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reps", type=int, default=200, help="steps per engine timing")
     ap.add_argument("--decoder", default="static", choices=DECODERS,
-                    help="the loop's engine: static (float32), static-int8 or hf")
+                    help="the loop's engine (spade's decoder names; default: float32)")
     ap.add_argument("--temperature", type=float, default=None, help="the loop's temperature (default: the model's own)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (static shapes; any length)")
     ap.add_argument("--shapes", default="", help="also time LMs of these shapes, LAYERSxHIDDENxFFN,... (random weights)")

@@ -52,7 +52,7 @@ class ScoreConfig:
     temperature: float | None = None  # None = the family's default (built-in model: its generation_config.json, 0.7)
     top_p: float | None = None  # None = the family's default (built-in model: 0.8)
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
-    decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8, hf, ... (DECODERS)
+    decoder: str = "static"  # static (HF forward where the LM is not a plain Llama/Qwen), static-int8 or hf
     batch_size: int = 32  # items decoded together; the items of one layer fit one batch by default
     tf_batch: int = 8  # sequences per teacher-forced forward
     wli: bool = True  # False: only the teacher-forced proxies (seconds instead of minutes)

@@ -34,6 +34,9 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
     convolutions take 27 ms an utterance against ~60 on both of this project's two cores (1,407 held-out
     utterances: 37 s against 85), and two one-thread processes were slower still (50 s: the two cores share
     their compute)."""
+    from tqdm import tqdm
+
+    from spade_tts.audio import load_audio
     from spade_tts.codec import CODEC_FILES, load_tokenizer
     from spade_tts.data.build import read_jsonl
 
@@ -64,7 +67,19 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _encode_parts(todo, rows, corpus, codec, vocab, code_dtype, part_size, part_file)
+        with tqdm(total=len(rows), initial=len(rows) - sum(len(rows[k : k + part_size]) for k in todo),
+                  desc="tokenizing corpus", unit="utt") as bar:
+            for k in todo:
+                codes, phones, frames = [], [], []
+                for r in rows[k : k + part_size]:
+                    c = codec.encode(load_audio(corpus / r["audio"]))
+                    codes.append(c.astype(code_dtype))
+                    phones.append(np.asarray(vocab.phone_ids([p for p, _ in r["phones"]]), dtype=np.int16))
+                    frames.append(np.asarray(frames_per_phone([e for _, e in r["phones"]],
+                                                              codec.config.tokens_per_second, len(c)), dtype=np.int16))
+                    bar.update()
+                with atomic_path(part_file(k)) as tmp:
+                    save_file(_flat({"codes": codes, "phones": phones, "frames": frames}), str(tmp))
     finally:
         torch.set_num_threads(threads)
     merged: dict[str, list[np.ndarray]] = {"codes": [], "phones": [], "frames": []}
@@ -81,28 +96,6 @@ def prepare_tokens(corpus_dir: str | Path, codec_dir: str | Path, out_dir: str |
         save_file(arrays, str(tmp))
     shutil.rmtree(parts)
     return {"utterances": len(index), "speech_tokens": int(len(arrays["codes"]))}
-
-
-def _encode_parts(todo: list[int], rows: list[dict], corpus: Path, codec, vocab: Vocab, code_dtype, part_size: int,
-                  part_file) -> None:
-    """Encode the parts starting at ``todo`` (row offsets), each written atomically when complete."""
-    from tqdm import tqdm
-
-    from spade_tts.audio import load_audio
-
-    with tqdm(total=len(rows), initial=len(rows) - sum(len(rows[k : k + part_size]) for k in todo),
-              desc="tokenizing corpus", unit="utt") as bar:
-        for k in todo:
-            codes, phones, frames = [], [], []
-            for r in rows[k : k + part_size]:
-                c = codec.encode(load_audio(corpus / r["audio"]))
-                codes.append(c.astype(code_dtype))
-                phones.append(np.asarray(vocab.phone_ids([p for p, _ in r["phones"]]), dtype=np.int16))
-                frames.append(np.asarray(frames_per_phone([e for _, e in r["phones"]], codec.config.tokens_per_second,
-                                                          len(c)), dtype=np.int16))
-                bar.update()
-            with atomic_path(part_file(k)) as tmp:
-                save_file(_flat({"codes": codes, "phones": phones, "frames": frames}), str(tmp))
 
 
 def _flat(pieces: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
