@@ -2,12 +2,13 @@
 
     python3 benchmarks/rerank_pilot.py                       # 105 dev items (seed 1), 4 draws each
     python3 benchmarks/rerank_pilot.py --draws 2 --items-per-speaker 4
+    python3 benchmarks/rerank_pilot.py --item-seed 0 --json benchmarks/results/rerank_pilot_test.json   # test items
 
 The built-in model reads ~7 WER points above its tokenizer's floor (benchmarks/codec_floor.py), and one
 draw per item moves an item's WER a lot between draws. This measures, on the held-out items `spade eval
 seed=1` speaks (a dev set: seed 0's items are the test set every figure is reported on), each draw's
 Whisper WER and its mean log-probability of the speech tokens under the model at temperature 1 (one
-teacher-forced forward, no ASR), then compares draw 0 (what `spade eval` gives) with the draw of highest
+teacher-forced forward, no ASR), then compares draw 0 (one draw, as `spade eval` takes) with the draw of highest
 mean log-probability (what a decoder could keep without a recognizer) and with the oracle (the lowest WER,
 a bound no decoder reaches). Paired bootstrap intervals against draw 0. Writes
 ``benchmarks/results/rerank_pilot.json`` (or ``--json``) and prints the table.
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--items-per-speaker", type=int, default=15)
     ap.add_argument("--item-seed", type=int, default=1, help="item choice (1: a dev set; 0 is the test set)")
     ap.add_argument("--draws", type=int, default=4)
+    ap.add_argument("--first-seed", type=int, default=1000,
+                    help="sampling seed of draw 0 (draw d: + d); 0 with --item-seed 0 = `spade eval`'s own draw")
     ap.add_argument("--decoder", default="static-int8-compiled")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "rerank_pilot.json"))
     args = ap.parse_args()
@@ -69,7 +72,7 @@ def main() -> None:
     wers = np.zeros((len(items), args.draws))
     scores = np.zeros_like(wers)
     for d in range(args.draws):
-        cfg = speech.generation_config(seed=1000 + d, decoder=args.decoder)  # the folder's temperature / top-p
+        cfg = speech.generation_config(seed=args.first_seed + d, decoder=args.decoder)  # the folder's temperature / top-p
         for i, req in enumerate(tqdm(requests, desc=f"draw {d + 1}/{args.draws}", unit="item")):
             (gen,), _ = generate(speech, [req], cfg, [i])
             audio, _ = speech.decode_audio(speech.ids_to_codes(speech.speech_ids(gen.ids)))
@@ -83,7 +86,7 @@ def main() -> None:
              "oracle (lowest WER)": wers.min(1)}
     corr = float(np.mean([np.corrcoef(scores[i], wers[i])[0, 1] for i in rows
                           if wers[i].std() > 0 and scores[i].std() > 0]))
-    print(f"\n{len(items)} dev items, {args.draws} draws each, capped WER, {machine_info('cpu')['cpu']}; "
+    print(f"\n{len(items)} items (item seed {args.item_seed}), {args.draws} draws each, capped WER, {machine_info('cpu')['cpu']}; "
           f"within-item correlation of log-probability and WER: {corr:+.2f}")
     print("\n| choice | capped WER | vs draw 0 [95 % CI] |\n|---|---|---|")
     result = {}
@@ -93,6 +96,7 @@ def main() -> None:
         ci = f"{gap['delta'] * 100:+.1f} [{gap['ci95'][0] * 100:+.1f}, {gap['ci95'][1] * 100:+.1f}]" if gap else ""
         print(f"| {name} | {w.mean() * 100:.1f} % | {ci} |")
     write_json(args.json, {"items": len(items), "item_seed": args.item_seed, "draws": args.draws,
+                           "first_seed": args.first_seed,
                            "decoder": args.decoder, "machine": machine_info("cpu"), "logprob_wer_corr": corr,
                            "choices": result, "wer": wers.tolist(), "mean_logprob": scores.tolist()})
     print(f"wrote {args.json}")
