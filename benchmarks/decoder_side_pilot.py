@@ -18,7 +18,7 @@ every variant is scored on the *same* draws (paired, no sampling noise between v
   *expected* FSQ digits under the LM's distribution at each step (``soft T``: the decoder hears the mean of
   what the LM hesitated between, not one draw); the decoded log-mel sharpened about its mean (``sharpen a``,
   a global-variance post-filter); each folder of ``--decoders``. Per item, the draw a minimum-Bayes-risk
-  choice keeps (the one closest, by DTW on the decoded log-mel, to the other draws) is compared with the
+  choice keeps (three draws or more: the one closest, by DTW on the decoded log-mel, to the others) is compared with the
   expected single draw. Capped Whisper WER with paired bootstrap intervals against the sampled codes.
 Writes ``benchmarks/results/decoder_side_pilot.json`` (or ``--json``); docs/reference-model.md has the table.
 """
