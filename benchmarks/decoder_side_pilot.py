@@ -48,10 +48,14 @@ def speech_rows(speech) -> tuple[int, int]:
     return lay.speech_start, lay.speech_end
 
 
-def nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(renormalised probabilities, their code order) of the top-p nucleus at ``temperature``, per row."""
-    probs, order = torch.softmax(logits.float() / temperature, -1).sort(-1, descending=True)
-    probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+def nucleus(logits: torch.Tensor, cfg, temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(renormalised probabilities, their code order) of what the decode loop samples from under ``cfg`` (its own
+    filter, ``_filtered``), optionally at another ``temperature``, per row."""
+    from dataclasses import replace
+
+    from spade_tts.families.generate import _filtered
+
+    probs, order = _filtered(logits, cfg if temperature is None else replace(cfg, temperature=temperature))
     return probs / probs.sum(-1, keepdim=True), order
 
 
@@ -88,8 +92,7 @@ def gta_set(speech, tokens_dir: Path, corpus_dir: Path, targets: int, draws: int
             hidden = speech.lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             for b, ((ids, loss_from), t) in enumerate(zip(examples, batch_targets)):
                 at = [j for j in range(loss_from + 1, len(ids)) if lo <= ids[j] < hi]
-                probs, order = nucleus(speech.lm.lm_head(hidden[b, [j - 1 for j in at]])[:, lo:hi], cfg.temperature,
-                                       cfg.top_p)
+                probs, order = nucleus(speech.lm.lm_head(hidden[b, [j - 1 for j in at]])[:, lo:hi], cfg)
                 key = str(t)
                 out[f"{key}/true"] = store.codes(t)
                 for d in range(draws):
@@ -227,7 +230,7 @@ def score(args) -> None:
                 with torch.no_grad():
                     logits = speech.lm(torch.tensor([rec["prompt"] + ids])).logits[0, len(rec["prompt"]) - 1:-1]
                 for t in args.soft:
-                    probs, order = nucleus(logits[at][:, lo:hi], t, cfg.top_p)
+                    probs, order = nucleus(logits[at][:, lo:hi], cfg, t)
                     mels[f"soft T={t:g}"] = to_mel(tok.net.decoder, (probs[..., None] * digits[order]).sum(1))
             for a in args.sharpen:
                 mels[f"sharpen {a:g}"] = to_mel(tok.net.decoder, digits[codes], a)
