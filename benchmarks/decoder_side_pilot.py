@@ -16,7 +16,9 @@ every variant is scored on the *same* draws (paired, no sampling noise between v
 * ``score``: ``--draws`` draws of the ``spade eval seed=1`` items (a dev set; seed 0 is the test set) with
   their full token ids cached in ``--cache``, then per draw: the sampled codes (``spade eval``'s audio); the
   *expected* FSQ digits under the LM's distribution at each step (``soft T``: the decoder hears the mean of
-  what the LM hesitated between, not one draw); the decoded log-mel sharpened about its mean (``sharpen a``,
+  what the LM hesitated between, not one draw; ``--soft-full T``: over the whole softmax at ``T``, no nucleus;
+  the family does this itself now, over the nucleus it samples from: ``soft_codes``); the decoded log-mel
+  sharpened about its mean (``sharpen a``,
   a global-variance post-filter); each folder of ``--decoders``. Per item, the draw a minimum-Bayes-risk
   choice keeps (three draws or more: the one closest, by DTW on the decoded log-mel, to the others) is compared with the
   expected single draw. Capped Whisper WER with paired bootstrap intervals against the sampled codes.
@@ -216,7 +218,8 @@ def score(args) -> None:
         mean = mel.mean(0, keepdims=True)
         return mean + sharpen * (mel - mean)
 
-    names = list(decoders) + [f"soft T={t:g}" for t in args.soft] + [f"sharpen {a:g}" for a in args.sharpen]
+    names = list(decoders) + [f"soft T={t:g}" for t in args.soft] + [f"soft T={t:g}, no nucleus" for t in args.soft_full] \
+        + [f"sharpen {a:g}" for a in args.sharpen]
     wers = {name: np.zeros((len(draws), len(items))) for name in names}
     sampled_mels = [[None] * len(items) for _ in draws]
     for d, row in enumerate(draws):
@@ -226,12 +229,15 @@ def score(args) -> None:
             at = [j for j, t in enumerate(ids) if lo <= t < hi]
             codes = torch.tensor([ids[j] - lo for j in at], dtype=torch.long)
             mels = {name: to_mel(dec, digits[codes]) for name, dec in decoders.items()}
-            if args.soft:
+            if args.soft or args.soft_full:
                 with torch.no_grad():
                     logits = speech.lm(torch.tensor([rec["prompt"] + ids])).logits[0, len(rec["prompt"]) - 1:-1]
                 for t in args.soft:
                     probs, order = nucleus(logits[at][:, lo:hi], cfg, t)
                     mels[f"soft T={t:g}"] = to_mel(tok.net.decoder, (probs[..., None] * digits[order]).sum(1))
+                for t in args.soft_full:  # the whole softmax: no sort at all, the tail pulls toward the mean code
+                    mels[f"soft T={t:g}, no nucleus"] = to_mel(tok.net.decoder,
+                                                               torch.softmax(logits[at][:, lo:hi] / t, -1) @ digits)
             for a in args.sharpen:
                 mels[f"sharpen {a:g}"] = to_mel(tok.net.decoder, digits[codes], a)
             sampled_mels[d][i] = mels["sampled codes"]
@@ -281,6 +287,7 @@ def main() -> None:
     s.add_argument("--cache", default=str(ROOT / "runs" / "decoder-pilot" / "draws.json"))
     s.add_argument("--decoders", nargs="*", default=[], help="model folders whose decoder to try (from `tune`)")
     s.add_argument("--soft", type=float, nargs="*", default=[0.7, 1.0])
+    s.add_argument("--soft-full", type=float, nargs="*", default=[], help="soft digits over the whole softmax")
     s.add_argument("--sharpen", type=float, nargs="*", default=[1.2])
     s.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "decoder_side_pilot.json"))
     args = ap.parse_args()

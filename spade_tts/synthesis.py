@@ -65,8 +65,7 @@ def synthesize(speech, texts: list[str], prompt_audios: list[np.ndarray], prompt
         sl = slice(start, start + max(1, batch_size))
         gens, stats = generate(speech, requests[sl], cfg, item_ids[sl])
         for gen in gens:
-            codes = speech.ids_to_codes(speech.speech_ids(gen.ids))
-            audio, sr = speech.decode_audio(codes)
+            codes, audio, sr = speech.decode_generation(gen)
             results.append(SynthResult(np.asarray(audio, dtype=np.float32), int(sr), np.asarray(codes),
                                        len(speech.speech_ids(gen.ids)), gen.guard_hits, gen.truncated,
                                        stats.lm_seconds / len(gens), dict(stats.extra)))
@@ -91,6 +90,7 @@ class SynthConfig:
     prompt_codes: str = ""  # or the prompt's codec codes (.npy) with prompt_text (no codec encoder needed)
     temperature: float | None = None  # None = the family's default; 0 = greedy
     top_p: float | None = None  # nucleus; None = the family's default (built-in model: 0.8)
+    soft_codes: bool | None = None  # built-in model: decode each token's nucleus mean, not the drawn code; None = folder's
     seed: int = 0  # sampling seed: the same seed speaks the same way
     max_seconds: float = 20.0  # length guard of phone-forced generation (the built-in model)
     max_new_tokens: int | None = None  # length guard in tokens (token-sampling families); None = the family's
@@ -130,7 +130,8 @@ def synth(cfg: SynthConfig) -> dict:
         check_draft(cfg.draft, cfg.draft_tokens, "static-int8" if cfg.int8 else "static", cfg.draft_accept)
     speech = load_speech_lm(cfg.model or None, cfg.family or None, device=cfg.device,
                             family_config=cfg.family_config or None)
-    gen_cfg = speech.generation_config(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,  # 0: greedy
+    gen_cfg = speech.generation_config(temperature=cfg.temperature, top_p=cfg.top_p, soft_codes=cfg.soft_codes,
+                                       seed=cfg.seed,  # temperature 0: greedy
                                        max_seconds=cfg.max_seconds, max_new_tokens=cfg.max_new_tokens,
                                        decoder="static-int8" if cfg.int8 else "static", draft=cfg.draft,
                                        draft_tokens=cfg.draft_tokens, draft_scores=cfg.draft_scores,
@@ -139,8 +140,9 @@ def synth(cfg: SynthConfig) -> dict:
         codes = np.load(cfg.prompt_codes) if cfg.prompt_codes else None
         request = speech.generation_request(cfg.text, cfg.prompt_text if codes is not None else "", codes)
         (gen,), stats = generate(speech, [request], gen_cfg)
-        codes, hits, extra = speech.ids_to_codes(speech.speech_ids(gen.ids)), gen.guard_hits, stats.extra
-        audio, sr = speech.decode_audio(codes) if not cfg.output.endswith(".npy") else (None, 0)
+        hits, extra = gen.guard_hits, stats.extra
+        codes, audio, sr = (speech.ids_to_codes(speech.speech_ids(gen.ids)), None, 0) if cfg.output.endswith(".npy") \
+            else speech.decode_generation(gen)
     else:
         if cfg.prompt_voice:
             from spade_tts.audio import to_mono_16k

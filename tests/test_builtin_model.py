@@ -44,22 +44,25 @@ def test_builtin_model_speaks_in_the_prompt_voice():
 
 
 def test_sampling_defaults_come_from_the_model_folder(tmp_path):
-    """The temperature and nucleus the weights were measured best at travel in their generation_config.json (a
-    pruned student's copy too); a folder without them samples at temperature 1, top-p 0.8; a stage's setting wins."""
+    """The temperature, nucleus and soft decoding the weights were measured best at travel in their
+    generation_config.json (a pruned student's copy too); a folder without them samples at temperature 1, top-p
+    0.8 and decodes the drawn codes; a stage's setting wins."""
     import json
 
     from spade_tts.families.builtin import shipped_sampling
 
     shipped = json.loads((BUILTIN_MODEL / "generation_config.json").read_text())
     tts = load_speech_lm()
-    assert (tts.generation_defaults().temperature, tts.generation_defaults().top_p) == (shipped["temperature"],
-                                                                                       shipped["top_p"])
+    own = {"temperature": shipped["temperature"], "top_p": shipped["top_p"], "soft_codes": shipped["soft_codes"]}
+    defaults = tts.generation_defaults()
+    assert {k: getattr(defaults, k) for k in own} == own
     assert tts.generation_config(temperature=1.0, top_p=None).temperature == 1.0
+    assert tts.generation_config(soft_codes=False).soft_codes is False
     tts.save_pretrained(tmp_path / "copy")  # what `spade prune` and distillation exports write
-    assert shipped_sampling(tmp_path / "copy") == {"temperature": shipped["temperature"], "top_p": shipped["top_p"]}
-    assert shipped_sampling(tmp_path) == {"temperature": 1.0, "top_p": 0.8}
+    assert shipped_sampling(tmp_path / "copy") == own
+    assert shipped_sampling(tmp_path) == {"temperature": 1.0, "top_p": 0.8, "soft_codes": False}
     (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.5}))
-    assert shipped_sampling(tmp_path) == {"temperature": 0.5, "top_p": 0.8}
+    assert shipped_sampling(tmp_path) == {"temperature": 0.5, "top_p": 0.8, "soft_codes": False}
 
 
 def test_a_student_without_codec_weights_reads_them_from_the_model_it_was_pruned_from(tmp_path):

@@ -59,3 +59,27 @@ def test_decode_rejects_out_of_range_tokens(tiny_codec):
 def test_load_missing_codec_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="spade codec fit"):
         SpeechTokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "fsq"])
+def test_code_values_decode_as_their_codes_and_a_wrong_shape_is_refused(tiny_codec, kind):
+    """What soft decoding builds on: a row of ``code_values()`` is its code, to the bit, for both kinds; the k-means
+    decoder is linear, so the mean of two codes' values is the mean of their log-mels."""
+    from spade_tts.codec.fsq import FSQConfig, FSQTokenizer, MelFSQ
+
+    if kind == "kmeans":
+        tok = SpeechTokenizer.load(tiny_codec)
+    else:
+        cfg = FSQConfig(levels=[5, 4, 3], channels=16, blocks=2)
+        torch.manual_seed(0)
+        tok = FSQTokenizer(cfg, MelFSQ(cfg), torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels))
+    codes = np.random.default_rng(0).integers(0, tok.vocab_size, 40)
+    values = tok.code_values()[torch.from_numpy(codes)]
+    assert np.array_equal(tok.decode_values(values.numpy()), tok.decode(codes))
+    if kind == "kmeans":
+        a, b = tok.code_values()[torch.from_numpy(codes[:20])], tok.code_values()[torch.from_numpy(codes[20:])]
+        np.testing.assert_allclose(tok.values_to_mel((a + b) / 2),
+                                   (tok.decode_mel(codes[:20]) + tok.decode_mel(codes[20:])) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match=r"code values must be \(tokens, "):
+        tok.decode_values(np.zeros((4, values.shape[1] + 1), dtype=np.float32))
+    assert tok.decode_values(np.zeros((0, values.shape[1]), dtype=np.float32)).size == 0

@@ -201,9 +201,10 @@ def test_finished_models_are_not_recomputed(two_models, monkeypatch, tmp_path):
     # other settings give another key, so the model is evaluated anew (in a copy of the folder; spy only)
     shutil.copytree(cfg.out_dir, tmp_path / "eval")
     monkeypatch.setattr(evaluate_mod, "evaluate_one", lambda *a, **k: calls.append(a[1].label) or data["models"][0])
-    evaluate_models(EvalConfig(**{**cfg.__dict__, "top_p": 0.5, "models": cfg.models[:1], "out_dir": str(tmp_path / "eval"),
-                                  "json": str(tmp_path / "x.json")}))
-    assert calls == ["full"]
+    for change in ({"top_p": 0.5}, {"sampling_seed": 1}, {"soft_codes": False}):
+        evaluate_models(EvalConfig(**{**cfg.__dict__, **change, "models": cfg.models[:1],
+                                      "out_dir": str(tmp_path / "eval"), "json": str(tmp_path / "x.json")}))
+    assert calls == ["full"] * 3
 
 
 # ---------------------------------------------------------------- the report, rendered by Chromium
@@ -294,7 +295,8 @@ def test_cli_eval_settings_after_models_and_one_line_errors(tmp_path, monkeypatc
     assert main(["eval", "--models", "built-in", "--items", str(bad), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "line 1: prompt wav 'missing.wav' not found" in err
-    for setting, says in (("decoder=fast", "decoder='fast'"), ("device=cuda decoder=static-int8", "CPU path")):
+    for setting, says in (("decoder=fast", "decoder='fast'"), ("device=cuda decoder=static-int8", "CPU path"),
+                          ("soft_codes=2", "soft_codes=2")):
         assert main(["eval", "--models", "built-in", "-o", str(tmp_path / "o"), *setting.split()]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and says in err, err
@@ -435,3 +437,14 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_sampling_seed_draws_the_same_items_again_and_soft_codes_none_keeps_the_folders_setting():
+    from spade_tts.evaluation.evaluate import generation_config
+    from spade_tts.families.registry import load_speech_lm
+
+    speech = load_speech_lm()
+    assert generation_config(EvalConfig(seed=3), speech).seed == 3
+    assert generation_config(EvalConfig(seed=3, sampling_seed=7), speech).seed == 7
+    assert generation_config(EvalConfig(), speech).soft_codes == speech.generation_defaults().soft_codes
+    assert generation_config(EvalConfig(soft_codes=False), speech).soft_codes is False

@@ -119,9 +119,11 @@ def test_the_recipes_sampling_is_what_the_exported_folder_samples_with(tiny_toke
     from spade_tts.reference.train import build_model, export
 
     vocab = Vocab(TokenStore(tiny_tokens).num_speech)
-    for temperature, top_p, expected in ((0.6, 0.9, {"temperature": 0.6, "top_p": 0.9}),
-                                         (None, None, {"temperature": 1.0, "top_p": 0.8})):
-        cfg = ReferenceTrainConfig(codec_dir=str(tiny_codec), temperature=temperature, top_p=top_p, **TINY)
+    for temperature, top_p, soft, expected in (
+            (0.6, 0.9, True, {"temperature": 0.6, "top_p": 0.9, "soft_codes": True}),
+            (None, None, False, {"temperature": 1.0, "top_p": 0.8, "soft_codes": False})):
+        cfg = ReferenceTrainConfig(codec_dir=str(tiny_codec), temperature=temperature, top_p=top_p, soft_codes=soft,
+                                   **TINY)
         folder = tmp_path / f"export-{temperature}"
         export(build_model(cfg, vocab), vocab, cfg, folder)
         assert BuiltinSpeechLM.from_pretrained(folder).sampling == expected

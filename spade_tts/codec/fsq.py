@@ -135,12 +135,13 @@ class FSQTokenizer(MelTokenizer):
             return np.zeros(0, dtype=np.int64)
         return self.net.fsq(self.net.encoder(x))[1][0].numpy()
 
+    def code_values(self) -> torch.Tensor:
+        """(codes, levels) the quantized digits in [-1, 1] of every code."""
+        return self.net.fsq.values(torch.arange(self.vocab_size)[None])[0].T
+
     @torch.no_grad()
-    def decode_mel(self, tokens) -> np.ndarray:
-        codes = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.vocab_size):
-            raise ValueError(f"speech tokens must lie in [0, {self.vocab_size}); got {codes.min()}..{codes.max()}")
-        y = self.net.decoder(self.net.fsq.values(codes[None]))[0].T
+    def values_to_mel(self, values: torch.Tensor) -> np.ndarray:
+        y = self.net.decoder(values.float().T[None])[0].T
         return (y * self.mel_std + self.mel_mean).numpy()
 
     def code_features(self) -> torch.Tensor:

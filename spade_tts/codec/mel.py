@@ -51,7 +51,12 @@ class MelAnalyzer:
 
 
 class MelTokenizer:
-    """What both tokenizers share: codes -> log-mel (``decode_mel``, theirs) -> Griffin-Lim audio."""
+    """What both tokenizers share: codes -> code values (``code_values``, theirs) -> log-mel (``values_to_mel``,
+    theirs) -> Griffin-Lim audio.
+
+    The middle step is public because the values of a code are a continuum the codes are points of: a
+    probability-weighted mean of rows of ``code_values()`` is a code *between* codes, which the decoder turns
+    into a mel as readily (soft decoding of an LM's hesitation: ``GenerationConfig.soft_codes``)."""
 
     config: "object"  # has codebook_size, griffin_lim_iters, tokens_per_second
     mel: MelAnalyzer
@@ -60,16 +65,37 @@ class MelTokenizer:
     def vocab_size(self) -> int:
         return self.config.codebook_size
 
-    def decode_mel(self, tokens) -> np.ndarray:
-        """(frames, n_mels) log-mel of ``tokens``: each kind's own (centroid look-up, or the FSQ decoder)."""
-        raise NotImplementedError(f"{type(self).__name__} must define decode_mel")
+    def code_values(self) -> torch.Tensor:
+        """(codes, dims) float: what the decoder reads for each code (a centroid, or FSQ digits)."""
+        raise NotImplementedError(f"{type(self).__name__} must define code_values")
+
+    def values_to_mel(self, values: torch.Tensor) -> np.ndarray:
+        """(tokens, dims) code values -> (frames, n_mels) log-mel: each kind's own decoder."""
+        raise NotImplementedError(f"{type(self).__name__} must define values_to_mel")
 
     def code_features(self) -> torch.Tensor:
         """(codes, features): what each code stands for, each kind's own; an LM's speech embedding can start
         from it (``spade train-reference code_embedding_init=true``) so that similar codes start close."""
         raise NotImplementedError(f"{type(self).__name__} must define code_features")
 
+    def decode_mel(self, tokens) -> np.ndarray:
+        """(frames, n_mels) log-mel of ``tokens``."""
+        codes = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.vocab_size):
+            raise ValueError(f"speech tokens must lie in [0, {self.vocab_size}); got {codes.min()}..{codes.max()}")
+        return self.values_to_mel(self.code_values()[codes])
+
     def decode(self, tokens, seed: int = 0) -> np.ndarray:
         if len(tokens) == 0:
             return np.zeros(0, dtype=np.float32)
         return self.mel.invert(self.decode_mel(tokens), n_iter=self.config.griffin_lim_iters, seed=seed)
+
+    def decode_values(self, values, seed: int = 0) -> np.ndarray:
+        """Audio of (tokens, dims) code values, e.g. expected ones (:meth:`decode` of the codes they are rows of,
+        for rows of :meth:`code_values`)."""
+        values = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        if values.ndim != 2 or values.shape[1] != self.code_values().shape[1]:
+            raise ValueError(f"code values must be (tokens, {self.code_values().shape[1]}); got {tuple(values.shape)}")
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.mel.invert(self.values_to_mel(values), n_iter=self.config.griffin_lim_iters, seed=seed)

@@ -95,11 +95,13 @@ class SpeechTokenizer(MelTokenizer):
             return np.zeros(0, dtype=np.int64)
         return torch.cdist(f, self.codebook).argmin(dim=1).numpy()
 
-    def decode_mel(self, tokens) -> np.ndarray:
-        tokens = np.asarray(tokens, dtype=np.int64)
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"speech tokens must lie in [0, {self.vocab_size}); got {tokens.min()}..{tokens.max()}")
-        m = self.codebook[torch.from_numpy(tokens)].numpy().reshape(-1, self.config.n_mels)
+    def code_values(self) -> torch.Tensor:
+        """The centroids (codes, stack * n_mels)."""
+        return self.codebook
+
+    def values_to_mel(self, values: torch.Tensor) -> np.ndarray:
+        """Stacked frames unstacked, then smoothed across frames by ``smooth``."""
+        m = values.float().numpy().reshape(-1, self.config.n_mels)
         w = self.config.smooth
         if w > 0 and len(m) > 2:
             padded = np.concatenate([m[:1], m, m[-1:]])

@@ -56,8 +56,13 @@ class EvalConfig:
     max_prompt_seconds: float = 4.0
     max_items: int = 0  # keep only the first N items (0 = all)
     seed: int = 0  # item choice, sampling and Griffin-Lim phases; the same for every model
+    sampling_seed: int | None = None  # None = seed; another draw of the same items
     temperature: float | None = None  # None = the family's own default (built-in model: its generation_config.json, 0.7)
     top_p: float | None = None  # None = the family's own default (built-in model: 0.8)
+    # soft decoding (rules that keep it: the builtin family's): the codec decodes each speech token's mean code
+    # value over the nucleus it was drawn from; false = the drawn codes; None = the family's default (built-in
+    # model: its folder's generation_config.json)
+    soft_codes: bool | None = None
     max_seconds: float = 20.0  # length guard per item (phone-forced rules); token rules: max_new_tokens
     max_new_tokens: int | None = None  # length guard of token rules; None = the family's (OuteTTS 4096, else 1500)
     # "static-int8": int8 weights in the decode step (CPU only, lossy); "static-compiled" / "static-int8-compiled":
@@ -87,10 +92,9 @@ class EvalConfig:
 
 def generation_config(cfg: EvalConfig, speech):
     """The family's own sampling defaults with the run's settings (``None`` = keep the family's default)."""
-    return speech.generation_config(**{k: getattr(cfg, k) for k in ("temperature", "top_p", "seed", "max_seconds",
-                                                                      "max_new_tokens", "decoder", "draft",
-                                                                      "draft_tokens", "draft_scores",
-                                                                      "draft_accept")})
+    settings = {k: getattr(cfg, k) for k in ("temperature", "top_p", "soft_codes", "max_seconds", "max_new_tokens",
+                                             "decoder", "draft", "draft_tokens", "draft_scores", "draft_accept")}
+    return speech.generation_config(seed=cfg.seed if cfg.sampling_seed is None else cfg.sampling_seed, **settings)
 
 
 def load_items(cfg: EvalConfig) -> tuple[list[dict], str]:
@@ -125,6 +129,9 @@ def _cache_key(cfg: EvalConfig, spec, items: list[dict]) -> tuple[str, dict]:
                                                         "family", "asr_model", "speaker_model", "mos_model",
                                                         "device", "warmup", "rtf_runs",
                                                         "rtf_items", "dnsmos", "isolate", "decoder")}}
+    for k in ("sampling_seed", "soft_codes"):  # only when set, as the draft settings below
+        if getattr(cfg, k) is not None:
+            parts["settings"][k] = getattr(cfg, k)
     if cfg.draft:  # (only then: results stored before these settings existed keep their keys)
         parts["settings"].update({k: getattr(cfg, k) for k in ("draft", "draft_tokens", "draft_scores")})
         if cfg.draft_accept != "exact":

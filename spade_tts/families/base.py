@@ -129,6 +129,10 @@ class GenerationConfig:
     max_seconds: float = 20.0
     max_length_ratio: float = 0.0
     any_move_on: bool = True  # time phones by the probability of any phone/end token (families/builtin.py)
+    # soft decoding (rules that keep it: the builtin family's): the codec decodes, for each speech token, the mean
+    # value (``MelTokenizer.code_values``) of the nucleus it was drawn from, the codes the LM hesitated between,
+    # instead of the one it drew (which the LM still reads next); False = the drawn codes
+    soft_codes: bool = False
 
 
 def check_decoder(name: str, device) -> None:
@@ -214,6 +218,13 @@ class SpeechLM:
 
     def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
         raise NotImplementedError
+
+    def decode_generation(self, gen) -> tuple[np.ndarray, np.ndarray, int]:
+        """(codes, audio, sample rate) of a :class:`~spade_tts.families.generate.Generation`: its speech ids'
+        codes, decoded. A family whose rule keeps more than the drawn codes (``Generation.code_values``) decodes
+        that instead."""
+        codes = self.ids_to_codes(self.speech_ids(gen.ids))
+        return (codes, *self.decode_audio(codes))
 
     # -- defaults every family may keep (added for the framework; override where they do not fit) --------
     @property

@@ -12,6 +12,11 @@ reported rather than failing silently.
 
 Every item samples from its own random stream, seeded by (seed, item), so what it says does not
 depend on which other items share its batch or on rows leaving the batch as they finish.
+
+With ``soft_codes`` (the shipped folders set it) the codec does not decode the code the LM drew but, for
+each speech token, the mean value of the nucleus it was drawn from: the LM still reads the drawn code, but
+the audio carries what the LM hesitated between rather than one guess (docs/reference-model.md, tenth
+round). The nucleus is the one the draw sorted already, so it costs one small weighted sum per step.
 """
 from __future__ import annotations
 
@@ -53,14 +58,16 @@ def _nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[to
     return sorted_p, order
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
-    """Greedy when temperature == 0, else nucleus sampling by inverse CDF with one uniform ``u`` per row."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    sorted_p, order = _nucleus(logits, temperature, top_p)
+def _draw(sorted_p: torch.Tensor, order: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A column per row of a nucleus (:func:`_nucleus`), by inverse CDF with one uniform ``u`` per row."""
     cdf = sorted_p.cumsum(dim=-1)
     pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True).clamp_(max=cdf.shape[1] - 1)
     return order.gather(1, pick).squeeze(1)
+
+
+def _nucleus_mean(sorted_p: torch.Tensor, order: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(rows, dims): the mean of ``values`` (codes, dims) over each row's nucleus, weighted by its probabilities."""
+    return torch.einsum("rk,rkd->rd", sorted_p / sorted_p.sum(dim=-1, keepdim=True), values[order])
 
 
 def _move_on_logit(logits: torch.Tensor, nxt_cols: torch.Tensor, move_on: slice | None) -> torch.Tensor:
@@ -81,7 +88,8 @@ def _move_on_probability(speech: torch.Tensor, adv_logit: torch.Tensor) -> torch
 
 
 def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor, cfg: GenerationConfig,
-                  u: torch.Tensor | None, move_on: slice | None = None) -> torch.Tensor:
+                  u: torch.Tensor | None, move_on: slice | None = None,
+                  values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per row: move on to column ``nxt_cols`` (next phone or end) or emit a speech column from [lo, hi).
 
     The move-on decision is taken with the model's own probability of *any* non-speech token
@@ -90,16 +98,22 @@ def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor
     phones last far too long otherwise: the mass a small model spreads over the wrong next
     phone is timing information too, and a tempered nucleus draw against thousands of speech
     codes moves mass away from the single move-on token. ``u`` (rows, 2): the rows' uniform draws.
+
+    Returns the columns and, given the codes' ``values`` (codes, dims), per row the mean value of what its
+    speech code is drawn from (:func:`expected_code_values`, from the nucleus the draw sorted anyway).
     """
     speech = logits[:, lo:hi]
     adv_logit = _move_on_logit(logits, nxt_cols, move_on)
     if cfg.greedy or cfg.temperature <= 0:
         advance = adv_logit > speech.max(dim=-1).values
-        codes = speech.argmax(dim=-1) + lo
+        codes = speech.argmax(dim=-1)
+        mean = None if values is None else values[codes]
     else:
         advance = u[:, 0] < _move_on_probability(speech, adv_logit)
-        codes = sample_next(speech, cfg.temperature, cfg.top_p, u[:, 1]) + lo
-    return torch.where(advance, nxt_cols, codes)
+        sorted_p, order = _nucleus(speech, cfg.temperature, cfg.top_p)
+        codes = _draw(sorted_p, order, u[:, 1])
+        mean = None if values is None else _nucleus_mean(sorted_p, order, values)
+    return torch.where(advance, nxt_cols, codes + lo), mean
 
 
 def token_distribution(logits: torch.Tensor, lo: int, hi: int, nxt_col: int, cfg: GenerationConfig,
@@ -108,7 +122,7 @@ def token_distribution(logits: torch.Tensor, lo: int, hi: int, nxt_col: int, cfg
     out = torch.zeros(logits.shape[-1], dtype=torch.float64)
     nxt = torch.tensor([nxt_col], device=logits.device)
     if cfg.greedy or cfg.temperature <= 0:
-        out[int(choose_tokens(logits[None], lo, hi, nxt, cfg, None, move_on)[0])] = 1.0
+        out[int(choose_tokens(logits[None], lo, hi, nxt, cfg, None, move_on)[0][0])] = 1.0
         return out
     speech = logits[None, lo:hi]
     p_adv = float(_move_on_probability(speech, _move_on_logit(logits[None], nxt, move_on))[0])
@@ -119,14 +133,33 @@ def token_distribution(logits: torch.Tensor, lo: int, hi: int, nxt_col: int, cfg
     return out
 
 
+def expected_code_values(speech_logits: torch.Tensor, cfg: GenerationConfig, values: torch.Tensor) -> torch.Tensor:
+    """(rows, dims): per row of speech logits, the mean of the codes' ``values`` (codes, dims) over the
+    distribution a speech code is drawn from (the temperature's top-p nucleus; greedy: the top code), i.e. the
+    code the LM meant, as far as it hesitated. Soft decoding decodes these instead of the drawn codes."""
+    if cfg.greedy or cfg.temperature <= 0:
+        return values[speech_logits.argmax(dim=-1)]
+    return _nucleus_mean(*_nucleus(speech_logits, cfg.temperature, cfg.top_p), values)
+
+
 def shipped_sampling(path: Path) -> dict:
-    """Temperature and top-p from the model folder's ``generation_config.json`` (Hugging Face's keys), else
-    temperature 1 with a 0.8 nucleus. The best temperature is a property of the weights: the shipped model
-    reads at 45.7 % WER at 0.7 against 67.1 % at 1.0 (docs/reference-model.md), so it says so in its folder,
-    and the students pruned from it inherit the file."""
+    """Temperature, top-p and ``soft_codes`` from the model folder's ``generation_config.json`` (Hugging Face's
+    keys and ours), else temperature 1 with a 0.8 nucleus, decoding the drawn codes. The best settings are a
+    property of the weights: the shipped model reads at 45.7 % WER at 0.7 against 67.1 % at 1.0
+    (docs/reference-model.md), so it says so in its folder, and the students pruned from it inherit the file."""
     f = Path(path) / "generation_config.json"
     shipped = json.loads(f.read_text()) if f.is_file() else {}
-    return {"temperature": float(shipped.get("temperature", 1.0)), "top_p": float(shipped.get("top_p", 0.8))}
+    return {"temperature": float(shipped.get("temperature", 1.0)), "top_p": float(shipped.get("top_p", 0.8)),
+            "soft_codes": bool(shipped.get("soft_codes", False))}
+
+
+def write_soft_codes(folder: Path, soft_codes: bool) -> None:
+    """Put ``soft_codes`` into the ``generation_config.json`` that Hugging Face's ``save_pretrained`` wrote in
+    ``folder``: its ``GenerationConfig`` drops keys it does not know when it loads, so ours goes back in by hand."""
+    from spade_tts.io import write_json
+
+    config = Path(folder) / "generation_config.json"
+    write_json(config, {**json.loads(config.read_text()), "soft_codes": bool(soft_codes)})
 
 
 def codec_folder(path: Path) -> Path:
@@ -190,6 +223,11 @@ class PhoneForcedSampler:
         self.truncated = [False] * n
         self.done = [False] * n
         self.at_guard = [False] * n  # distribution() found the phone at its length limit (speculative decoding)
+        # soft decoding: per row, the expected code values of each speech token it emitted, and of the step in
+        # hand (set by choose() or distribution() from the logits the token was drawn from, read by push())
+        self.values = tts.codec.code_values().to(tts.lm.device) if cfg.soft_codes else None
+        self.soft: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self.step_values: list[torch.Tensor | None] = [None] * n
 
     def _next_phone(self, b: int) -> int:
         """The token that moving on emits: the next target phone, or speech_end after the last."""
@@ -199,7 +237,11 @@ class PhoneForcedSampler:
         nxt = [self._next_phone(b) for b in live]
         u = self.uniforms[live, step].to(logits.device) if self.uniforms is not None else None
         nxt_cols = torch.tensor(nxt, device=logits.device) - self.off
-        choice = (choose_tokens(logits, self.lo, self.hi, nxt_cols, self.cfg, u, self.move_on) + self.off).tolist()
+        chosen, means = choose_tokens(logits, self.lo, self.hi, nxt_cols, self.cfg, u, self.move_on, self.values)
+        if means is not None:
+            for j, b in enumerate(live):
+                self.step_values[b] = means[j]
+        choice = (chosen + self.off).tolist()
         for j, b in enumerate(live):
             if self.done[b]:
                 choice[j] = self.vocab.speech_end  # a finished row still in the batch steps with a known token; ignored
@@ -218,6 +260,8 @@ class PhoneForcedSampler:
             self.at_guard[b] = False
         self.out[b].append(token)
         if token >= vocab.speech_offset:
+            if self.values is not None:
+                self.soft[b].append(self.step_values[b])
             self.codes[b] += 1
             self.frames_in_phone[b] += 1
             if self.codes[b] >= self.caps[b]:
@@ -232,7 +276,10 @@ class PhoneForcedSampler:
         return self.done[b]
 
     def result(self, b: int) -> Generation:
-        return Generation(self.out[b], self.guard_hits[b], self.truncated[b])
+        values = None
+        if self.values is not None:
+            values = (torch.stack(self.soft[b]) if self.soft[b] else self.values[:0]).float().cpu().numpy()
+        return Generation(self.out[b], self.guard_hits[b], self.truncated[b], values)
 
     # what speculative decoding needs (spade_tts.families.speculative): the rule as a distribution
     def distribution(self, b: int, logits: torch.Tensor) -> torch.Tensor:
@@ -244,6 +291,8 @@ class PhoneForcedSampler:
         """
         nxt_col = self._next_phone(b) - self.off
         free = token_distribution(logits.float(), self.lo, self.hi, nxt_col, self.cfg, self.move_on)
+        if self.values is not None:
+            self.step_values[b] = expected_code_values(logits[None, self.lo:self.hi], self.cfg, self.values)[0]
         self.at_guard[b] = self.frames_in_phone[b] >= self.max_phone and float(free[nxt_col]) < 1.0
         if self.frames_in_phone[b] < self.max_phone:
             return free
@@ -259,6 +308,7 @@ class PhoneForcedSampler:
         (n, self.pointer[b], self.frames_in_phone[b], self.codes[b], self.guard_hits[b], self.truncated[b],
          self.done[b], self.at_guard[b]) = snap
         del self.out[b][n:]
+        del self.soft[b][self.codes[b]:]
 
 
 class BuiltinSpeechLM(SpeechLM):
@@ -298,6 +348,7 @@ class BuiltinSpeechLM(SpeechLM):
     def save_pretrained(self, out: str | Path) -> None:
         out = Path(out)
         self.lm.save_pretrained(out)
+        write_soft_codes(out, self.sampling["soft_codes"])
         self.vocab.save(out)
         self.codec.save(out)
 
@@ -363,6 +414,16 @@ class BuiltinSpeechLM(SpeechLM):
     def decode_audio(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
         """Griffin-Lim with fixed initial phases (seed 0), so the same codes always give the same audio."""
         return np.asarray(self.codec.decode(np.asarray(codes, dtype=np.int64).tolist(), seed=0), dtype=np.float32), 16000
+
+    def decode_generation(self, gen: Generation) -> tuple[np.ndarray, np.ndarray, int]:
+        """The drawn codes; the audio of the expected code values where the generation kept them (soft_codes)."""
+        if gen.code_values is None:
+            return super().decode_generation(gen)
+        codes = self.ids_to_codes(self.speech_ids(gen.ids))
+        if len(gen.code_values) != len(codes):
+            raise ValueError(f"{len(gen.code_values)} code values for {len(codes)} speech codes: the generation's "
+                             "values must come one per speech code")
+        return codes, np.asarray(self.codec.decode_values(gen.code_values, seed=0), dtype=np.float32), 16000
 
     def distill_data(self, cfg, split: str = "train") -> Path:
         """The teacher's own pairs from a fixed ``data_fraction`` of its tokenized corpus (``tokens_dir``); the

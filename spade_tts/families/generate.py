@@ -30,6 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from spade_tts.families.base import (EXACT_DECODERS, GenerationConfig, GenerationRequest, SpeechLM, check_decoder,
@@ -272,6 +273,7 @@ class Generation:
     ids: list[int]
     guard_hits: int = 0  # forced moves of a length guard (phone-forced rules)
     truncated: bool = False  # the item ended at a length limit, not by itself
+    code_values: np.ndarray | None = None  # (speech tokens, dims): what the codec decodes instead (soft_codes)
 
 
 @dataclass

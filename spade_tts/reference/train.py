@@ -68,6 +68,7 @@ class ReferenceTrainConfig:
     # its default): the best temperature is a property of the weights; None = the family's 1.0 / 0.8
     temperature: float | None = None
     top_p: float | None = None
+    soft_codes: bool = False  # the folder decodes each token's nucleus mean, not the drawn code (GenerationConfig)
     loader_workers: int = 0  # processes that build batches ahead (use several on a GPU machine)
     seed: int = 0
     device: str = "auto"
@@ -167,6 +168,8 @@ def lr_at(step: int, cfg: ReferenceTrainConfig, time_progress: float = 0.0) -> f
 
 def export(model: LlamaForCausalLM, vocab: Vocab, cfg: ReferenceTrainConfig, directory: Path) -> None:
     """A from_pretrained-able folder: weights, config, vocabulary and the codec it speaks."""
+    from spade_tts.families.builtin import write_soft_codes
+
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     dtype = getattr(torch, cfg.export_dtype)
@@ -176,6 +179,7 @@ def export(model: LlamaForCausalLM, vocab: Vocab, cfg: ReferenceTrainConfig, dir
         half.generation_config.update(do_sample=True, **{k: v for k, v in (("temperature", cfg.temperature),
                                                                           ("top_p", cfg.top_p)) if v is not None})
     half.to(dtype).save_pretrained(tmp, max_shard_size="14MB")
+    write_soft_codes(tmp, cfg.soft_codes)
     vocab.save(tmp)
     for name in CODEC_FILES:
         src = Path(cfg.codec_dir) / name
