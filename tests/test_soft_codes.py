@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from spade_tts.families.builtin import expected_code_values
 from spade_tts.families.generate import generate
 
 from test_speculative import phone_requests, tiny_builtin, write_scores
@@ -20,6 +19,14 @@ def soft_builtin(tmp_path_factory):
     tts.codec.code_values = lambda: table
     write_scores(tts.path, tts.lm, [0.9, 0.3, 0.5, 0.8])
     return tts
+
+
+def expected_code_values(speech_logits: torch.Tensor, cfg, values: torch.Tensor) -> torch.Tensor:
+    """The reference, written out with a full sort: per row, the mean of ``values`` over the top-p nucleus at the
+    run's temperature, weighted by the renormalized probabilities."""
+    sorted_p, order = torch.softmax(speech_logits.float() / cfg.temperature, dim=-1).sort(dim=-1, descending=True)
+    kept = sorted_p * (sorted_p.cumsum(dim=-1) - sorted_p < cfg.top_p)
+    return torch.einsum("rk,rkd->rd", kept / kept.sum(dim=-1, keepdim=True), values[order])
 
 
 def _speech_positions(tts, ids: list[int]) -> list[int]:

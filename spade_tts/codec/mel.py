@@ -93,9 +93,9 @@ class MelTokenizer:
     def decode_values(self, values, seed: int = 0) -> np.ndarray:
         """Audio of (tokens, dims) code values, e.g. expected ones (:meth:`decode` of the codes they are rows of,
         for rows of :meth:`code_values`)."""
-        values = torch.as_tensor(np.asarray(values, dtype=np.float32))
-        if values.ndim != 2 or values.shape[1] != self.code_values().shape[1]:
-            raise ValueError(f"code values must be (tokens, {self.code_values().shape[1]}); got {tuple(values.shape)}")
+        values, dims = torch.as_tensor(np.asarray(values, dtype=np.float32)), self.code_values().shape[1]
+        if values.ndim != 2 or values.shape[1] != dims:
+            raise ValueError(f"code values must be (tokens, {dims}); got {tuple(values.shape)}")
         if len(values) == 0:
             return np.zeros(0, dtype=np.float32)
         return self.mel.invert(self.values_to_mel(values), n_iter=self.config.griffin_lim_iters, seed=seed)

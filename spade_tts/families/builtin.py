@@ -100,7 +100,7 @@ def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor
     codes moves mass away from the single move-on token. ``u`` (rows, 2): the rows' uniform draws.
 
     Returns the columns and, given the codes' ``values`` (codes, dims), per row the mean value of what its
-    speech code is drawn from (:func:`expected_code_values`, from the nucleus the draw sorted anyway).
+    speech code is drawn from (soft decoding): over the nucleus the draw sorted anyway; greedy, the top code's.
     """
     speech = logits[:, lo:hi]
     adv_logit = _move_on_logit(logits, nxt_cols, move_on)
@@ -117,29 +117,23 @@ def choose_tokens(logits: torch.Tensor, lo: int, hi: int, nxt_cols: torch.Tensor
 
 
 def token_distribution(logits: torch.Tensor, lo: int, hi: int, nxt_col: int, cfg: GenerationConfig,
-                       move_on: slice | None = None) -> torch.Tensor:
-    """What :func:`choose_tokens` draws from for one row (``logits``: (columns,)), as float64 probabilities."""
+                       move_on: slice | None = None,
+                       values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What :func:`choose_tokens` draws from for one row (``logits``: (columns,)), as float64 probabilities, and,
+    given ``values``, the mean code value a speech code drawn there stands for (as :func:`choose_tokens`)."""
     out = torch.zeros(logits.shape[-1], dtype=torch.float64)
     nxt = torch.tensor([nxt_col], device=logits.device)
     if cfg.greedy or cfg.temperature <= 0:
-        out[int(choose_tokens(logits[None], lo, hi, nxt, cfg, None, move_on)[0][0])] = 1.0
-        return out
+        cols, mean = choose_tokens(logits[None], lo, hi, nxt, cfg, None, move_on, values)
+        out[int(cols[0])] = 1.0
+        return out, None if mean is None else mean[0]
     speech = logits[None, lo:hi]
     p_adv = float(_move_on_probability(speech, _move_on_logit(logits[None], nxt, move_on))[0])
     sorted_p, order = _nucleus(speech, cfg.temperature, cfg.top_p)
     nucleus = torch.zeros(hi - lo, dtype=torch.float64).scatter_(0, order[0].cpu(), sorted_p[0].double().cpu())
     out[lo:hi] = (1.0 - p_adv) * nucleus / nucleus.sum()
     out[nxt_col] += p_adv
-    return out
-
-
-def expected_code_values(speech_logits: torch.Tensor, cfg: GenerationConfig, values: torch.Tensor) -> torch.Tensor:
-    """(rows, dims): per row of speech logits, the mean of the codes' ``values`` (codes, dims) over the
-    distribution a speech code is drawn from (the temperature's top-p nucleus; greedy: the top code), i.e. the
-    code the LM meant, as far as it hesitated. Soft decoding decodes these instead of the drawn codes."""
-    if cfg.greedy or cfg.temperature <= 0:
-        return values[speech_logits.argmax(dim=-1)]
-    return _nucleus_mean(*_nucleus(speech_logits, cfg.temperature, cfg.top_p), values)
+    return out, None if values is None else _nucleus_mean(sorted_p, order, values)[0]
 
 
 def shipped_sampling(path: Path) -> dict:
@@ -290,9 +284,8 @@ class PhoneForcedSampler:
         count when greedy; when sampling, an upper bound (choose counts only the draws that were speech).
         """
         nxt_col = self._next_phone(b) - self.off
-        free = token_distribution(logits.float(), self.lo, self.hi, nxt_col, self.cfg, self.move_on)
-        if self.values is not None:
-            self.step_values[b] = expected_code_values(logits[None, self.lo:self.hi], self.cfg, self.values)[0]
+        free, self.step_values[b] = token_distribution(logits.float(), self.lo, self.hi, nxt_col, self.cfg,
+                                                       self.move_on, self.values)
         self.at_guard[b] = self.frames_in_phone[b] >= self.max_phone and float(free[nxt_col]) < 1.0
         if self.frames_in_phone[b] < self.max_phone:
             return free
